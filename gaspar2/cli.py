@@ -1,0 +1,94 @@
+"""The ``gaspar2`` command: serve a handler, or send one request."""
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from . import client, framing
+from .producer import Producer
+
+log = logging.getLogger("gaspar2")
+LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
+
+
+def load_target(spec):
+    """Import ``MODULE:ATTR`` (ATTR may be dotted), looking in the current directory too."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError("expected MODULE:ATTR, got %r" % (spec,))
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    target = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="gaspar2", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve a handler on every core")
+    serve.add_argument("target", metavar="MODULE:ATTR",
+                       help="a handler function, a Consumer subclass or a Consumer instance")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=10123, help="0 picks a free port")
+    serve.add_argument("--workers", type=int, default=None, help="default: one per CPU")
+    serve.add_argument("--max-message-size", type=int, default=framing.DEFAULT_MAX_MESSAGE_SIZE,
+                       metavar="BYTES")
+    serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S")
+    serve.add_argument("--backlog", type=int, default=2048, help="listen queue length")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error", "critical"])
+
+    req = commands.add_parser("request", help="send one request and print the reply")
+    req.add_argument("url", metavar="HOST:PORT")
+    req.add_argument("message", nargs="?", default="-", help="default or '-': read stdin")
+    req.add_argument("--timeout", type=float, default=None, metavar="S")
+    return parser
+
+
+def serve(args):
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        target = load_target(args.target)
+    except Exception:
+        log.exception("cannot load %s", args.target)
+        return 2
+    producer = Producer(target, args.port, args.workers, args.host,
+                        max_message_size=args.max_message_size,
+                        graceful_timeout=args.graceful_timeout,
+                        backlog=args.backlog, name=args.target)
+    try:
+        producer.start()
+    except RuntimeError as exc:
+        log.error("cannot serve %s: %s", args.target, exc)
+        return 1
+    except OSError as exc:
+        log.error("cannot serve %s on %s:%s: %s", args.target, args.host, args.port, exc)
+        return 1
+    return 0
+
+
+def request(args):
+    if args.message == "-":
+        message = sys.stdin.buffer.read()
+    else:
+        message = os.fsencode(args.message)
+    try:
+        reply = client.request(args.url, message, timeout=args.timeout)
+    except (client.RequestFailed, ValueError) as exc:
+        print("gaspar2 request: %s" % exc, file=sys.stderr)
+        return 1
+    sys.stdout.buffer.write(reply)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return request(args)

@@ -1,0 +1,42 @@
+"""The user's side of gaspar2: what runs in each worker process."""
+
+
+class Consumer:
+    """Wraps a handler; subclass it and override ``handle`` and ``setup`` for more control.
+
+    One Consumer object is copied into every worker process by fork, so ``setup`` is where
+    per-process state belongs (connections, loaded models): it runs once in each worker
+    before its first request.
+    """
+
+    def __init__(self, handler=None):
+        self.handler = handler
+
+    def setup(self):
+        """Called once in each worker process before it takes any request."""
+
+    def handle(self, message):
+        """Return the reply to ``message`` (bytes) as bytes-like or str."""
+        if self.handler is None:
+            raise NotImplementedError("pass Consumer(handler=...) or override handle()")
+        return self.handler(message)
+
+
+def as_consumer(target):
+    """Accept a Consumer instance, a Consumer subclass or a plain handler function."""
+    if isinstance(target, Consumer):
+        return target
+    if isinstance(target, type) and issubclass(target, Consumer):
+        return target()
+    if callable(target):
+        return Consumer(handler=target)
+    raise TypeError("expected a Consumer, a Consumer subclass or a callable, got %r" % (target,))
+
+
+def reply_bytes(result):
+    """The bytes to send for a handler's return value; TypeError for anything else."""
+    if isinstance(result, (bytes, bytearray, memoryview)):
+        return result
+    if isinstance(result, str):
+        return result.encode("utf-8")
+    raise TypeError("handler returned %s, expected bytes or str" % type(result).__name__)

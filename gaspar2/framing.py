@@ -1,0 +1,86 @@
+"""Wire formats: the client frame, and the messages between the producer and its workers.
+
+Client frame: a 4-byte unsigned length in network byte order, then that many payload bytes.
+Producer -> worker, one ZeroMQ multipart message per batch: [ids, payload, payload, ...]
+where ``ids`` packs one unsigned 64-bit request id per payload.
+Worker -> producer, on the sink: [kind + fields, body?] with ``kind`` one of the constants below.
+"""
+
+import struct
+
+HEADER = struct.Struct("!I")
+MAX_LENGTH = 2**32 - 1
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 2**20
+
+# Worker -> producer message kinds (the first byte of the first frame).
+HELLO = b"H"      # fields: worker id, pid. The worker is connected both ways and ready.
+REPLY = b"R"      # fields: request id; frame 2 is the reply body.
+ERROR = b"E"      # fields: request id; frame 2 is the handler's traceback, UTF-8.
+GIVEBACK = b"G"   # fields: worker id, the request it is stuck on; frame 2 packs the ids
+                  # of the requests it holds and will not run (none: it only says so).
+
+KIND_ID = struct.Struct("!cQ")
+HELLO_FIELDS = struct.Struct("!cQI")
+GIVEBACK_FIELDS = struct.Struct("!cQQ")
+# Each worker's slot in the shared progress map holds the id of the request it last started.
+PROGRESS = struct.Struct("Q")
+
+
+class FrameError(Exception):
+    """The client sent something that is not one valid frame."""
+
+
+def pack(message):
+    """Prefix ``message`` (bytes-like, or str sent as UTF-8) with its length."""
+    if isinstance(message, str):
+        message = message.encode("utf-8")
+    if len(message) > MAX_LENGTH:
+        raise ValueError("message of %d bytes does not fit a 4-byte length" % len(message))
+    return HEADER.pack(len(message)) + bytes(message)
+
+
+def pack_ids(ids):
+    return struct.pack("!%dQ" % len(ids), *ids)
+
+
+def unpack_ids(data):
+    return struct.unpack("!%dQ" % (len(data) // 8), data)
+
+
+class FrameReader:
+    """Reads one frame from a non-blocking socket across as many wake-ups as it takes."""
+
+    __slots__ = ("max_size", "header", "got", "payload")
+
+    def __init__(self, max_size):
+        self.max_size = max_size
+        self.header = bytearray(4)
+        self.got = 0
+        self.payload = None
+
+    def read_from(self, sock):
+        """Read what is there; True once the frame is complete.
+
+        Reads until the socket would block, so a large frame takes few wake-ups; never reads
+        past the frame. Raises FrameError on an oversized length or an early EOF, and lets
+        BlockingIOError (nothing to read yet) and other OSErrors through.
+        """
+        if self.payload is None:
+            while self.got < 4:
+                n = sock.recv_into(memoryview(self.header)[self.got:])
+                if not n:
+                    raise FrameError("closed after %d of 4 header bytes" % self.got)
+                self.got += n
+            (length,) = HEADER.unpack(self.header)
+            if length > self.max_size:
+                raise FrameError("length %d is over max_message_size %d" % (length, self.max_size))
+            self.payload = bytearray(length)
+            self.got = 0
+        view = memoryview(self.payload)
+        size = len(self.payload)
+        while self.got < size:
+            n = sock.recv_into(view[self.got:])
+            if not n:
+                raise FrameError("closed after %d of %d payload bytes" % (self.got, size))
+            self.got += n
+        return True

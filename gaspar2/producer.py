@@ -1,0 +1,447 @@
+"""The producer: accepts connections, reads each frame, hands requests to free workers and
+writes the replies back.
+
+Everything here runs in gevent's hub as libev watcher callbacks: an io watcher on the
+listener, one on each client socket while it is read or written, and one on the sink's
+ZeroMQ FD. There is no greenlet, gevent socket or zmq.green wrapper per request: on small
+requests those cost more of the producer's CPU than all the rest.
+
+Dispatch: the backlog lives here. A request goes to the ready worker holding the fewest
+requests, and only while that worker holds fewer than ``window`` and has not said it is
+stuck on a slow one (see worker.py). Each worker has a PUSH socket of its own, so the
+producer always knows where every request is.
+"""
+
+import _socket
+import collections
+import errno
+import itertools
+import logging
+import os
+import shutil
+import signal
+import socket
+import struct
+import tempfile
+
+import gevent
+import gevent.event
+import zmq
+
+from . import forkserver, framing
+from .consumer import as_consumer
+from .supervisor import Supervisor
+from .worker import Worker, prepare_process, sink_endpoint, worker_endpoint
+
+log = logging.getLogger("gaspar2")
+
+READ, WRITE = 1, 2
+RESET_ON_CLOSE = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a RST
+ACCEPTS_PER_WAKEUP = 64
+ZERO_COPY_MIN = 64 * 1024
+FORKSERVER_EXIT_WAIT = forkserver.STOP_GRACE + 5.0
+
+
+class Connection:
+    """One client connection and its single request."""
+
+    __slots__ = ("sock", "peer", "reader", "watcher", "payload", "request_id", "worker", "reply")
+
+    def __init__(self, sock, peer, max_size):
+        self.sock = sock
+        self.peer = peer
+        self.reader = framing.FrameReader(max_size)
+        self.watcher = None
+        self.payload = None
+        self.request_id = None
+        self.worker = None
+        self.reply = None
+
+    def __str__(self):
+        if isinstance(self.peer, tuple):
+            return "%s:%s" % self.peer[:2]
+        return str(self.peer)
+
+
+class Producer:
+    """Serves ``consumer`` on ``host:port`` with ``processes`` worker processes."""
+
+    def __init__(self, consumer, port=10123, processes=None, host="127.0.0.1", *,
+                 max_message_size=framing.DEFAULT_MAX_MESSAGE_SIZE, graceful_timeout=30.0,
+                 backlog=2048, window=8, giveback_after=0.005, name=None):
+        self.consumer = as_consumer(consumer)
+        self.host = host
+        self.port = port
+        self.processes = processes or os.cpu_count() or 1
+        self.max_message_size = max_message_size
+        self.graceful_timeout = graceful_timeout
+        self.listen_backlog = backlog
+        self.window = window
+        self.giveback_after = giveback_after
+        self.name = name or type(self.consumer).__name__
+        self.address = None
+        self.running = gevent.event.Event()
+        self.stopped = gevent.event.Event()
+        self.conns = set()                      # every open client connection
+        self.backlog = collections.deque()      # complete requests waiting for a worker
+        self.jobs = {}                          # request id -> connection, at a worker
+        self.ids = itertools.count(1)
+        self.supervisor = Supervisor(self, self.processes)
+        self.listener = None
+        self._dispatch_pending = False
+        self._stopping = False
+        self._startup = gevent.event.Event()
+        self._startup_error = None
+        self._drained = gevent.event.Event()
+        self._forkserver_exited = gevent.event.Event()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self, blocking=True):
+        """Start the workers and serve; with ``blocking=False`` return once serving."""
+        try:
+            self._open()
+        except BaseException:
+            self._close()
+            raise
+        if blocking:
+            self._install_signal_handlers()
+            self.stopped.wait()
+
+    def _open(self):
+        self.loop = gevent.get_hub().loop
+        self.ipc_dir = tempfile.mkdtemp(prefix="gaspar2-")
+        # Fork the fork server first: no listener and no ZeroMQ context exist yet.
+        self.fork_pid, channel = forkserver.start(self._run_worker)
+        self.ctx = zmq.Context()
+        self.sink = self.ctx.socket(zmq.PULL)
+        self.sink.linger = 0
+        self.sink.bind(sink_endpoint(self.ipc_dir))
+        self.sink_watcher = self.loop.io(self.sink.FD, READ)
+        self.sink_watcher.start(self._on_sink)
+        self.supervisor.attach(self.loop, self.ctx, self.ipc_dir, channel, self.fork_pid)
+        for _ in range(self.processes):
+            self.supervisor.spawn()
+        self._startup.wait()
+        if self._startup_error:
+            raise RuntimeError(self._startup_error)
+        self.listener = self._listen()
+        self.address = self.listener.getsockname()[:2]
+        self.accept_watcher = self.loop.io(self.listener.fileno(), READ)
+        self.accept_watcher.start(self._on_accept)
+        self.running.set()
+        log.info("gaspar2 serving %s on %s:%d with %d workers",
+                 self.name, self.address[0], self.address[1], self.processes)
+
+    def _listen(self):
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = _socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(self.listen_backlog)
+        sock.setblocking(False)
+        return sock
+
+    def _run_worker(self, worker_id, slot, parent):
+        """Runs in a fresh worker process, forked by the fork server."""
+        prepare_process("gaspar2 worker %d %s" % (worker_id, self.name))
+        worker = Worker(self.consumer, worker_id, worker_endpoint(self.ipc_dir, worker_id),
+                        sink_endpoint(self.ipc_dir), parent, self.giveback_after,
+                        self.supervisor.progress, slot)
+        return worker.run()
+
+    def stop(self, timeout=None):
+        """Stop accepting, finish the requests received (up to ``timeout``, by default the
+        graceful timeout), then stop the workers."""
+        if self._stopping:
+            self.stopped.wait()
+            return
+        self._stopping = True
+        self._stop_accepting()
+        if self.conns:
+            timeout = self.graceful_timeout if timeout is None else timeout
+            log.info("stopping: finishing %d requests (up to %.1f s)", len(self.conns), timeout)
+            self._drained.clear()
+            if self.conns:
+                self._drained.wait(timeout)
+        for conn in list(self.conns):
+            self._fail(conn, "the server stopped before this request was answered")
+        self._close()
+        log.info("stopped")
+
+    def _stop_accepting(self):
+        if self.listener is not None:
+            self.accept_watcher.stop()
+            self.listener.close()
+            self.listener = None
+
+    def _close(self):
+        """Stop the fork server and its workers, release ZeroMQ and the ipc directory."""
+        self._stopping = True
+        self.supervisor.close_channel()
+        if getattr(self, "fork_pid", None):
+            self._forkserver_exited.wait(FORKSERVER_EXIT_WAIT)
+            self._reap_forkserver()
+        if getattr(self, "ctx", None) is not None:
+            self.sink_watcher.stop()
+            self.ctx.destroy(linger=0)
+        shutil.rmtree(getattr(self, "ipc_dir", ""), ignore_errors=True)
+        self.running.clear()
+        self.stopped.set()
+
+    def _reap_forkserver(self):
+        try:
+            if not self._forkserver_exited.is_set():
+                os.kill(self.fork_pid, signal.SIGKILL)
+            os.waitpid(self.fork_pid, 0)
+        except (ChildProcessError, ProcessLookupError):
+            pass        # already reaped (gevent's child watcher may do it)
+
+    def _install_signal_handlers(self):
+        gevent.signal_handler(signal.SIGTERM, self._on_stop_signal, "SIGTERM")
+        gevent.signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
+        gevent.signal_handler(signal.SIGQUIT, self._on_quit_signal)
+
+    def _on_stop_signal(self, name):
+        if self._stopping:
+            log.info("%s again: stopping now", name)
+            self._drained.set()
+            return
+        log.info("%s: stopping gracefully", name)
+        gevent.spawn(self.stop)
+
+    def _on_quit_signal(self):
+        log.info("SIGQUIT: stopping now")
+        self._drained.set()
+        gevent.spawn(self.stop, 0)
+
+    # -- events from the supervisor --------------------------------------------------------
+
+    def worker_ready(self, worker):
+        if not self._startup.is_set() and self.supervisor.ready_count() == self.processes:
+            self._startup.set()
+        self._schedule_dispatch()
+
+    def worker_lost(self, worker, cause, young):
+        """A worker exited: fail the requests it ran, give the others to the rest."""
+        self._on_sink()             # replies it sent before it died are not lost
+        if not self._startup.is_set():
+            self._startup_error = "%r %s while starting" % (worker, cause)
+            self._startup.set()
+        started = self.supervisor.last_started(worker)
+        ran = started in worker.jobs
+        requeue = []
+        for request_id, conn in list(worker.jobs.items()):
+            del self.jobs[request_id]
+            conn.worker = None
+            if ran:
+                self._fail(conn, "%r %s while running this request", worker, cause)
+                ran = request_id != started
+            else:
+                requeue.append(conn)
+        worker.jobs.clear()
+        self.backlog.extendleft(reversed(requeue))
+        level = logging.INFO if self._stopping else logging.WARNING
+        log.log(level, "%r %s", worker, cause)
+        self._schedule_dispatch()
+
+    def forkserver_gone(self):
+        self._forkserver_exited.set()
+        if not self._stopping:
+            log.error("the fork server died: stopping")
+            self._startup_error = self._startup_error or "the fork server died"
+            self._startup.set()
+            gevent.spawn(self.stop, 0)
+
+    # -- client connections ----------------------------------------------------------------
+
+    def _on_accept(self):
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            try:
+                fd, peer = self.listener._accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                log.error("accept failed: %s", exc)
+                return
+            sock = _socket.socket(fileno=fd)
+            sock.setblocking(False)
+            conn = Connection(sock, peer, self.max_message_size)
+            self.conns.add(conn)
+            conn.watcher = self.loop.io(fd, READ)
+            conn.watcher.start(self._on_readable, conn)
+
+    def _on_readable(self, conn):
+        try:
+            conn.reader.read_from(conn.sock)
+        except BlockingIOError:
+            return
+        except framing.FrameError as exc:
+            self._fail(conn, "bad frame: %s", exc)
+            return
+        except OSError as exc:
+            self._fail(conn, "read failed: %s", exc)
+            return
+        conn.watcher.stop()
+        conn.payload = conn.reader.payload
+        conn.reader = None
+        conn.request_id = next(self.ids)
+        self.backlog.append(conn)
+        self._schedule_dispatch()
+
+    def _write(self, conn, view):
+        try:
+            sent = conn.sock.send(view)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._fail(conn, "client gone before its reply was written: %s", exc)
+            return
+        if sent == len(view):
+            self._finish(conn)
+            return
+        conn.reply = view[sent:]
+        conn.watcher.close()
+        conn.watcher = self.loop.io(conn.sock.fileno(), WRITE)
+        conn.watcher.start(self._on_writable, conn)
+
+    def _on_writable(self, conn):
+        conn.watcher.stop()
+        self._write(conn, conn.reply)
+
+    def _finish(self, conn):
+        """Reply written: close in order (FIN)."""
+        conn.watcher.close()
+        conn.sock.close()
+        self._forget(conn)
+
+    def _fail(self, conn, reason, *args):
+        """Log why, then abort the connection so the client sees a reset, not a reply."""
+        if conn not in self.conns:
+            return
+        level = logging.INFO if reason.startswith("bad frame: closed after 0 of 4") else logging.WARNING
+        log.log(level, "%s: " + reason, conn, *args)
+        if conn.watcher is not None:
+            conn.watcher.close()
+        try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+        except OSError:
+            pass
+        conn.sock.close()
+        if conn.request_id is not None:
+            self.jobs.pop(conn.request_id, None)
+            if conn.worker is not None:
+                conn.worker.jobs.pop(conn.request_id, None)
+        self._forget(conn)
+
+    def _forget(self, conn):
+        self.conns.discard(conn)
+        conn.payload = conn.reply = None
+        if self._stopping and not self.conns:
+            self._drained.set()
+
+    # -- dispatch and replies --------------------------------------------------------------
+
+    def _schedule_dispatch(self):
+        """Dispatch once per loop iteration, so requests read together go out together."""
+        if not self._dispatch_pending and self.backlog:
+            self._dispatch_pending = True
+            self.loop.run_callback(self._dispatch)
+
+    def _dispatch(self):
+        self._dispatch_pending = False
+        backlog = self.backlog
+        batches = {}
+        while backlog:
+            worker = self._least_loaded()
+            if worker is None:
+                break
+            conn = backlog.popleft()
+            if conn not in self.conns:
+                continue
+            conn.worker = worker
+            worker.jobs[conn.request_id] = conn
+            self.jobs[conn.request_id] = conn
+            batches.setdefault(worker, []).append(conn)
+        for worker, conns in batches.items():
+            self._send(worker, conns)
+
+    def _least_loaded(self):
+        best = None
+        for worker in self.supervisor.workers.values():
+            if (worker.ready and worker.stuck_on is None and len(worker.jobs) < self.window
+                    and (best is None or len(worker.jobs) < len(best.jobs))):
+                best = worker
+        return best
+
+    def _send(self, worker, conns):
+        frames = [framing.pack_ids([conn.request_id for conn in conns])]
+        frames.extend(conn.payload for conn in conns)
+        small = sum(len(conn.payload) for conn in conns) < ZERO_COPY_MIN
+        try:
+            worker.push.send_multipart(frames, zmq.NOBLOCK, copy=small)
+        except zmq.Again:
+            log.error("%r cannot take requests (its queue is full): requeued", worker)
+            for conn in conns:
+                del worker.jobs[conn.request_id], self.jobs[conn.request_id]
+                conn.worker = None
+            self.backlog.extendleft(reversed(conns))
+
+    def _on_sink(self):
+        """Handle everything the workers sent; ZeroMQ's FD is edge-triggered, so drain it."""
+        while True:
+            try:
+                frames = self.sink.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                break
+            head = frames[0].bytes
+            kind = head[:1]
+            if kind == framing.REPLY:
+                self._on_reply(framing.KIND_ID.unpack(head)[1], frames[1])
+            elif kind == framing.ERROR:
+                self._on_error(framing.KIND_ID.unpack(head)[1], frames[1])
+            elif kind == framing.GIVEBACK:
+                self._on_giveback(head, frames[1])
+            elif kind == framing.HELLO:
+                _, worker_id, pid = framing.HELLO_FIELDS.unpack(head)
+                self.supervisor.hello(worker_id, pid)
+        self._schedule_dispatch()
+
+    def _take(self, request_id):
+        """The connection waiting for this request's answer; None if it is gone."""
+        conn = self.jobs.pop(request_id, None)
+        if conn is None:
+            log.info("dropped the answer to request %d: its client is gone", request_id)
+            return None
+        worker = conn.worker
+        del worker.jobs[request_id]
+        if worker.stuck_on == request_id:
+            worker.stuck_on = None
+        conn.worker = None
+        return conn
+
+    def _on_reply(self, request_id, body):
+        conn = self._take(request_id)
+        if conn is not None:
+            self._write(conn, body.buffer)
+
+    def _on_error(self, request_id, text):
+        conn = self._take(request_id)
+        if conn is not None:
+            self._fail(conn, "handler failed in %s", text.bytes.decode("utf-8", "replace"))
+
+    def _on_giveback(self, head, ids):
+        """A worker is stuck on a slow request: take back what it holds but has not begun."""
+        _, worker_id, stuck_id = framing.GIVEBACK_FIELDS.unpack(head)
+        returned = []
+        for request_id in framing.unpack_ids(ids.bytes):
+            conn = self.jobs.pop(request_id, None)
+            if conn is not None:
+                del conn.worker.jobs[request_id]
+                conn.worker = None
+                returned.append(conn)
+        self.backlog.extendleft(reversed(returned))
+        worker = self.supervisor.workers.get(worker_id)
+        if worker is not None and stuck_id in worker.jobs:
+            worker.stuck_on = stuck_id

@@ -1,0 +1,184 @@
+"""Producer-side supervision: keeps the wanted number of workers alive and knows their state.
+
+Workers are forked by the fork server (see forkserver.py), which reports every exit at once
+over its control channel. A worker counts as ready only when its HELLO has arrived on the
+sink and the producer has connected a PUSH socket to it. Workers that die young are
+replaced after a growing delay, so a handler that cannot start does not fork in a loop.
+"""
+
+import logging
+import mmap
+import os
+import signal
+
+import zmq
+
+from . import framing
+from .worker import EXIT_SETUP_FAILED, worker_endpoint
+
+log = logging.getLogger("gaspar2")
+
+MAX_WORKERS = 512
+YOUNG = 1.0                 # a worker that dies sooner than this after its start died young
+MAX_BACKOFF = 10.0
+
+
+class WorkerHandle:
+    """What the producer knows of one worker process."""
+
+    __slots__ = ("id", "slot", "pid", "push", "jobs", "stuck_on", "ready", "born")
+
+    def __init__(self, worker_id, slot, born):
+        self.id = worker_id
+        self.slot = slot
+        self.pid = None
+        self.push = None
+        self.jobs = {}          # request id -> connection, in the order they were sent
+        self.stuck_on = None    # a request the worker said is slow; nothing more goes to it
+        self.ready = False
+        self.born = born
+
+    def __repr__(self):
+        return "worker %d (pid %s)" % (self.id, self.pid)
+
+
+def describe_status(status):
+    if os.WIFSIGNALED(status):
+        return "killed by %s" % signal.Signals(os.WTERMSIG(status)).name
+    code = os.WEXITSTATUS(status)
+    if code == EXIT_SETUP_FAILED:
+        return "setup() failed (traceback above)"
+    return "exited with status %d" % code
+
+
+class Supervisor:
+    def __init__(self, producer, size):
+        self.producer = producer
+        self.size = size
+        self.workers = {}               # id -> WorkerHandle, spawned and not yet exited
+        self.free_slots = list(range(MAX_WORKERS - 1, -1, -1))
+        self.progress = mmap.mmap(-1, MAX_WORKERS * framing.PROGRESS.size)
+        self.next_id = 1
+        self.failures = 0               # workers in a row that died young
+        self.respawn_timer = None
+        self.stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def attach(self, loop, ctx, ipc_dir, channel, fork_pid):
+        """Called once the fork server runs and the sink is bound."""
+        self.loop = loop
+        self.ctx = ctx
+        self.ipc_dir = ipc_dir
+        self.channel = channel
+        self.fork_pid = fork_pid
+        self.buffer = b""
+        channel.setblocking(False)
+        self.channel_watcher = loop.io(channel.fileno(), 1)
+        self.channel_watcher.start(self._on_channel)
+
+    def spawn(self):
+        worker = WorkerHandle(self.next_id, self.free_slots.pop(), self.loop.now())
+        self.next_id += 1
+        self.workers[worker.id] = worker
+        framing.PROGRESS.pack_into(self.progress, worker.slot * framing.PROGRESS.size, 0)
+        self._command("spawn %d %d" % (worker.id, worker.slot))
+        return worker
+
+    def kill(self, worker, sig=signal.SIGKILL):
+        self._command("kill %d %d" % (worker.id, sig))
+
+    def last_started(self, worker):
+        """The id of the request this worker started last (0 if none)."""
+        return framing.PROGRESS.unpack_from(self.progress, worker.slot * framing.PROGRESS.size)[0]
+
+    def ready_count(self):
+        return sum(1 for w in self.workers.values() if w.ready)
+
+    def close_channel(self):
+        """Tell the fork server to stop every worker and exit."""
+        self.stopping = True
+        if self.respawn_timer is not None:
+            self.respawn_timer.stop()
+        try:
+            self.channel.shutdown(2)
+        except OSError:
+            pass
+
+    # -- events ----------------------------------------------------------------------------
+
+    def hello(self, worker_id, pid):
+        worker = self.workers.get(worker_id)
+        if worker is None:
+            return
+        worker.pid = pid
+        worker.push = self.ctx.socket(zmq.PUSH)
+        worker.push.linger = 0
+        worker.push.connect(worker_endpoint(self.ipc_dir, worker_id))
+        worker.ready = True
+        log.debug("%r ready", worker)
+        self.producer.worker_ready(worker)
+
+    def _on_channel(self):
+        try:
+            data = self.channel.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.channel_watcher.stop()
+            self.producer.forkserver_gone()
+            return
+        self.buffer += data
+        *lines, self.buffer = self.buffer.split(b"\n")
+        for line in lines:
+            event, *args = line.decode().split()
+            if event == "spawned":
+                worker = self.workers.get(int(args[0]))
+                if worker is not None and worker.pid is None:
+                    worker.pid = int(args[1])
+            elif event == "exited":
+                self._exited(int(args[0]), int(args[1]), int(args[2]))
+
+    def _exited(self, worker_id, pid, status):
+        worker = self.workers.pop(worker_id, None)
+        if worker is None:
+            return
+        worker.pid = pid
+        cause = describe_status(status)
+        young = not worker.ready or self.loop.now() - worker.born < YOUNG
+        self.producer.worker_lost(worker, cause, young)
+        if worker.push is not None:
+            worker.push.close()
+        self.free_slots.append(worker.slot)
+        if self.stopping:
+            return
+        self.failures = self.failures + 1 if young else 0
+        self._schedule_respawn()
+
+    def _schedule_respawn(self):
+        missing = self.size - len(self.workers)
+        if missing <= 0 or (self.respawn_timer is not None and self.respawn_timer.active):
+            return
+        if not self.failures:
+            for _ in range(missing):
+                self.spawn()
+            return
+        delay = min(0.1 * 2 ** (self.failures - 1), MAX_BACKOFF)
+        log.warning("workers keep dying young (%d in a row): next spawn in %.1f s",
+                    self.failures, delay)
+        self.respawn_timer = self.loop.timer(delay)
+        self.respawn_timer.start(self._respawn_after_delay)
+
+    def _respawn_after_delay(self):
+        self.respawn_timer = None
+        if not self.stopping:
+            for _ in range(self.size - len(self.workers)):
+                self.spawn()
+
+    def _command(self, line):
+        try:
+            self.channel.sendall(line.encode() + b"\n")
+        except OSError as exc:
+            log.error("cannot reach the fork server: %s", exc)

@@ -1,0 +1,184 @@
+"""The worker process: plain blocking code that runs the handler, one request at a time.
+
+A worker binds its own PULL endpoint, connects a PUSH to the producer's sink and says HELLO;
+the producer then connects a PUSH of its own to that endpoint, so nothing is sent to a worker
+before it exists (no slow joiner) and nothing meant for a dead worker can reach its successor.
+
+The producer may hand a worker a few requests at once to hide the round trip. Whatever the
+worker holds but has not started is given back the moment its current request turns out to
+be slow, so no request waits behind a slow one while another worker could run it.
+"""
+
+import collections
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+import zmq
+
+from . import framing
+from .consumer import reply_bytes
+
+log = logging.getLogger("gaspar2.worker")
+
+EXIT_SETUP_FAILED = 3
+
+
+def sink_endpoint(ipc_dir):
+    return "ipc://%s/sink" % ipc_dir
+
+
+def worker_endpoint(ipc_dir, worker_id):
+    return "ipc://%s/w%d" % (ipc_dir, worker_id)
+ZERO_COPY_MIN = 64 * 1024       # below this, copying into a zmq message is cheaper
+PARENT_CHECK_MS = 500
+
+
+class Worker:
+    def __init__(self, consumer, worker_id, endpoint, sink, parent_pid, giveback_after,
+                 progress, slot):
+        self.consumer = consumer
+        self.id = worker_id
+        self.progress = progress        # shared with the producer: what this worker started
+        self.offset = slot * framing.PROGRESS.size
+        self.endpoint = endpoint
+        self.sink = sink
+        self.parent_pid = parent_pid
+        self.min_giveback = giveback_after
+        self.typical = 0.0              # moving average of handler time, seconds
+        self.lock = threading.Lock()    # guards `queue`, `current` and the PULL socket
+        self.queue = collections.deque()
+        self.current = None
+        self.started = 0.0
+        self.stuck_on = None            # the request the producer was told is slow
+        self.stopping = False
+
+    def run(self):
+        """Serve until told to stop or orphaned; returns the exit status."""
+        signal.signal(signal.SIGTERM, self._on_term)
+        try:
+            self.consumer.setup()
+        except BaseException:
+            log.error("worker %d: setup() failed, exiting\n%s", self.id, traceback.format_exc())
+            return EXIT_SETUP_FAILED
+        ctx = zmq.Context()
+        try:
+            self._connect(ctx)
+            self._serve()
+        finally:
+            ctx.destroy(linger=2000)
+        return 0
+
+    def _connect(self, ctx):
+        self.pull = ctx.socket(zmq.PULL)
+        self.pull.bind(self.endpoint)
+        self.push = ctx.socket(zmq.PUSH)
+        self.push.connect(self.sink)
+        self.watch_push = ctx.socket(zmq.PUSH)
+        self.watch_push.connect(self.sink)
+        self.push.send(framing.HELLO_FIELDS.pack(framing.HELLO, self.id, os.getpid()))
+
+    def _serve(self):
+        watchdog = threading.Thread(target=self._watch, name="giveback", daemon=True)
+        watchdog.start()
+        try:
+            while True:
+                job = self._next_job()
+                if job is None:
+                    return
+                self._run(*job)
+        except StopNow:
+            return
+
+    def _next_job(self):
+        """Take the next request, waiting for one; None when it is time to exit."""
+        while True:
+            with self.lock:
+                self.current = None
+                self._drain()
+                if self.queue:
+                    job = self.queue.popleft()
+                    framing.PROGRESS.pack_into(self.progress, self.offset, job[0])
+                    self.current = job[0]
+                    self.started = time.monotonic()
+                    return job
+            if self.stopping or os.getppid() != self.parent_pid:
+                return None
+            self.pull.poll(PARENT_CHECK_MS)
+
+    def _drain(self):
+        """Move every batch waiting in the PULL socket into the local queue (lock held)."""
+        while True:
+            try:
+                frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            ids = framing.unpack_ids(frames[0].bytes)
+            self.queue.extend(zip(ids, frames[1:]))
+
+    def _run(self, request_id, payload):
+        began = time.monotonic()
+        try:
+            body = reply_bytes(self.consumer.handle(payload.bytes))
+        except Exception:
+            text = "worker %d (pid %d):\n%s" % (self.id, os.getpid(), traceback.format_exc())
+            self.push.send_multipart([framing.KIND_ID.pack(framing.ERROR, request_id), text.encode()])
+        else:
+            head = framing.KIND_ID.pack(framing.REPLY, request_id)
+            self.push.send_multipart([head, body], copy=len(body) < ZERO_COPY_MIN)
+        self.typical += (time.monotonic() - began - self.typical) * 0.2
+
+    def _watch(self):
+        """Give back held requests while the current one runs longer than usual."""
+        tick = self.min_giveback / 2
+        while True:
+            time.sleep(tick)
+            if self.current is None or not self.lock.acquire(blocking=False):
+                continue
+            try:
+                threshold = max(self.min_giveback, 4 * self.typical)
+                if self.current is not None and time.monotonic() - self.started > threshold:
+                    self._drain()
+                    self._give_back()
+            finally:
+                self.lock.release()
+
+    def _give_back(self):
+        """Tell the producer once that this request is slow; hand back what is queued."""
+        if self.stuck_on == self.current and not self.queue:
+            return
+        self.stuck_on = self.current
+        ids = [job[0] for job in self.queue]
+        self.queue.clear()
+        head = framing.GIVEBACK_FIELDS.pack(framing.GIVEBACK, self.id, self.current)
+        self.watch_push.send_multipart([head, framing.pack_ids(ids)])
+
+    def _on_term(self, signum, frame):
+        """Finish the request under way; an idle worker leaves at once.
+
+        Whatever it holds and has not started is given to other workers by the producer.
+        """
+        self.stopping = True
+        if self.current is None:
+            raise StopNow
+
+
+class StopNow(Exception):
+    """Raised by the TERM handler to leave an idle worker's wait."""
+
+
+def prepare_process(title):
+    """Signal dispositions for a worker: the producer decides when it stops."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_IGN)
+    for sig in (signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, signal.SIG_DFL)
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)

@@ -1,0 +1,162 @@
+"""Fixtures: real gaspar2 servers in subprocesses, and helpers to watch them."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVING = re.compile(r"serving .* on (\S+):(\d+) with (\d+) workers")
+
+
+def wait_for(condition, timeout=30.0, interval=0.01, message="condition"):
+    """Poll ``condition`` until it returns something true; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, message))
+        time.sleep(interval)
+
+
+def children(pid):
+    """Direct child pids of ``pid``, read from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+def alive(pid):
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class Server:
+    """A ``python -m gaspar2 serve`` subprocess, its log, and its process tree."""
+
+    def __init__(self, target, args, log_path, env=None, cwd=ROOT):
+        self.log_path = log_path
+        self.log_file = open(log_path, "wb")
+        cmd = [sys.executable, "-m", "gaspar2", "serve", target, "--port", "0"] + list(args)
+        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     cwd=cwd, env=env)
+        self.pid = self.proc.pid
+
+    def wait_serving(self, timeout=60):
+        def serving():
+            if self.proc.poll() is not None:
+                raise AssertionError("server exited with %s:\n%s" % (self.proc.returncode, self.log()))
+            return SERVING.search(self.log())
+        match = wait_for(serving, timeout, message="the serving line")
+        self.host, self.port, self.workers = match.group(1), int(match.group(2)), int(match.group(3))
+        self.url = "%s:%d" % (self.host, self.port)
+        return self
+
+    def log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def wait_log(self, pattern, timeout=30):
+        """Wait until the log matches ``pattern``; return the whole log."""
+        wait_for(lambda: re.search(pattern, self.log()), timeout, message=repr(pattern))
+        return self.log()
+
+    def forkserver(self):
+        kids = children(self.pid)
+        assert len(kids) == 1, "expected one fork server, found %r" % kids
+        return kids[0]
+
+    def worker_pids(self):
+        return sorted(children(self.forkserver()))
+
+    def wait_workers(self, count, exclude=(), timeout=30):
+        """Wait until ``count`` workers run, none of them in ``exclude``; return their pids."""
+        def ready():
+            pids = self.worker_pids()
+            return pids if len(pids) == count and not set(pids) & set(exclude) else None
+        return wait_for(ready, timeout, message="%d workers" % count)
+
+    def descendants(self):
+        found, todo = [], [self.pid]
+        while todo:
+            for kid in children(todo.pop()):
+                found.append(kid)
+                todo.append(kid)
+        return found
+
+    def signal(self, sig):
+        os.kill(self.pid, sig)
+
+    def wait_exit(self, timeout=60):
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("server did not exit in %s s:\n%s" % (timeout, self.log()))
+
+    def stop(self):
+        """SIGTERM, and make sure nothing of the server is left."""
+        if self.proc.poll() is None:
+            tree = self.descendants()
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            wait_for(lambda: not any(alive(p) for p in tree), 10, message="no orphans")
+        self.log_file.close()
+
+
+@pytest.fixture
+def serve(tmp_path):
+    """Factory: ``serve("module:attr", "--workers", "2")`` -> a serving Server."""
+    servers = []
+
+    def start(target, *args, wait=True, env=None):
+        server = Server(target, args, tmp_path / ("server%d.log" % len(servers)), env=env)
+        servers.append(server)
+        return server.wait_serving() if wait else server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def connect(server):
+    return socket.create_connection((server.host, server.port), timeout=30)
+
+
+def exchange(server, data, shut_wr=False):
+    """Send raw bytes; return ("ok", reply) or ("reset", partial reply)."""
+    with connect(server) as sock:
+        sock.sendall(data)
+        if shut_wr:
+            sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        try:
+            while True:
+                chunk = sock.recv(1 << 20)
+                if not chunk:
+                    return "ok", b"".join(chunks)
+                chunks.append(chunk)
+        except ConnectionResetError:
+            return "reset", b"".join(chunks)

@@ -1,0 +1,73 @@
+"""Handlers the tests serve."""
+
+import os
+import time
+
+import gaspar2
+
+
+def echo(message):
+    return message
+
+
+def fail(message):
+    raise ValueError("handler refuses %d bytes" % len(message))
+
+
+def work(message):
+    """A handler steered by its message, so one server can show many behaviours.
+
+    ``pid`` / ``pid:SECONDS``: sleep, then reply with this worker's pid.
+    ``mark:PATH:SECONDS``: write the pid to PATH (the test sees the request running),
+    sleep, reply with the pid. ``exit``: die at once. ``fail``: raise. ``bad``: return an
+    int. Anything else is echoed.
+    """
+    command, _, arg = message.partition(b":")
+    if command == b"pid":
+        time.sleep(float(arg or 0))
+        return str(os.getpid())
+    if command == b"mark":
+        path, _, seconds = arg.rpartition(b":")
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(float(seconds))
+        return str(os.getpid())
+    if command == b"exit":
+        os._exit(7)
+    if command == b"fail":
+        raise RuntimeError("asked to fail")
+    if command == b"bad":
+        return 42
+    return message
+
+
+class Upper(gaspar2.Consumer):
+    """A Consumer subclass with per-process state from setup()."""
+
+    def setup(self):
+        self.prefix = "%d:" % os.getpid()
+
+    def handle(self, message):
+        return self.prefix + message.decode("utf-8").upper()
+
+
+upper = Upper()
+
+
+class BrokenSetup(gaspar2.Consumer):
+    def setup(self):
+        raise RuntimeError("cannot open the model file")
+
+    def handle(self, message):
+        return message
+
+
+class SlowSetup(gaspar2.Consumer):
+    """Each worker takes a while to start, the last one longest."""
+
+    def setup(self):
+        time.sleep(0.3 + (os.getpid() % 3) * 0.3)
+
+    def handle(self, message):
+        time.sleep(float(message or 0))
+        return str(os.getpid())
