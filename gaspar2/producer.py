@@ -37,6 +37,7 @@ log = logging.getLogger("gaspar2")
 
 READ, WRITE = 1, 2
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a RST
+FIN_ON_CLOSE = struct.pack("ii", 0, 0)
 ACCEPTS_PER_WAKEUP = 64
 ZERO_COPY_MIN = 64 * 1024
 FORKSERVER_EXIT_WAIT = forkserver.STOP_GRACE + 5.0
@@ -138,6 +139,9 @@ class Producer:
             self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
         sock = _socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Accepted sockets inherit this: unless a reply was written in full, closing one,
+        # even by the kernel when this process dies, resets it instead of faking an EOF.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
         sock.bind(addr)
         sock.listen(self.listen_backlog)
         sock.setblocking(False)
@@ -313,6 +317,10 @@ class Producer:
     def _finish(self, conn):
         """Reply written: close in order (FIN)."""
         conn.watcher.close()
+        try:
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, FIN_ON_CLOSE)
+        except OSError:
+            pass
         conn.sock.close()
         self._forget(conn)
 
