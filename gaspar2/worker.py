@@ -162,6 +162,8 @@ class Worker:
 
         Whatever it holds and has not started is given to other workers by the producer.
         """
+        if self.stopping:
+            return
         self.stopping = True
         if self.current is None:
             raise StopNow
