@@ -38,8 +38,22 @@ def build_parser():
     serve.add_argument("--workers", type=int, default=None, help="default: one per CPU")
     serve.add_argument("--max-message-size", type=int, default=framing.DEFAULT_MAX_MESSAGE_SIZE,
                        metavar="BYTES")
-    serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S")
-    serve.add_argument("--backlog", type=int, default=2048, help="listen queue length")
+    serve.add_argument("--graceful-timeout", type=float, default=30.0, metavar="S",
+                       help="on stop, how long to finish the requests received (default 30)")
+    serve.add_argument("--timeout", type=float, default=None, metavar="S",
+                       help="fail a request not answered within S seconds (default: none)")
+    serve.add_argument("--worker-timeout", type=float, default=None, metavar="S",
+                       help="kill a worker busy on one request for S seconds (default: none)")
+    serve.add_argument("--read-timeout", type=float, default=10.0, metavar="S",
+                       help="drop a client that has not sent its frame in S seconds (default 10)")
+    serve.add_argument("--max-connections", type=int, default=10000, metavar="N",
+                       help="past N open connections, leave the rest in the listen queue")
+    serve.add_argument("--backlog", type=int, default=2048, metavar="N",
+                       help="listen queue length (default 2048)")
+    serve.add_argument("--max-requests", type=int, default=None, metavar="N",
+                       help="replace a worker after N requests (default: never)")
+    serve.add_argument("--max-requests-jitter", type=int, default=0, metavar="N",
+                       help="add 0..N to each worker's max-requests, so they do not all restart at once")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error", "critical"])
 
@@ -59,8 +73,11 @@ def serve(args):
         return 2
     producer = Producer(target, args.port, args.workers, args.host,
                         max_message_size=args.max_message_size,
-                        graceful_timeout=args.graceful_timeout,
-                        backlog=args.backlog, name=args.target)
+                        graceful_timeout=args.graceful_timeout, timeout=args.timeout,
+                        worker_timeout=args.worker_timeout, read_timeout=args.read_timeout,
+                        max_connections=args.max_connections, backlog=args.backlog,
+                        max_requests=args.max_requests,
+                        max_requests_jitter=args.max_requests_jitter, name=args.target)
     try:
         producer.start()
     except RuntimeError as exc:

@@ -22,8 +22,9 @@ GIVEBACK = b"G"   # fields: worker id, the request it is stuck on; frame 2 packs
 KIND_ID = struct.Struct("!cQ")
 HELLO_FIELDS = struct.Struct("!cQI")
 GIVEBACK_FIELDS = struct.Struct("!cQQ")
-# Each worker's slot in the shared progress map holds the id of the request it last started.
-PROGRESS = struct.Struct("Q")
+# Each worker's slot in the shared progress map: the id of the request it last started, and
+# when (time.monotonic(), one clock for every process on the machine).
+PROGRESS = struct.Struct("Qd")
 
 
 class FrameError(Exception):

@@ -23,8 +23,11 @@ import signal
 import socket
 import struct
 import tempfile
+import time
+import gc
 
 import gevent
+import greenlet
 import gevent.event
 import zmq
 
@@ -41,16 +44,20 @@ FIN_ON_CLOSE = struct.pack("ii", 0, 0)
 ACCEPTS_PER_WAKEUP = 64
 ZERO_COPY_MIN = 64 * 1024
 FORKSERVER_EXIT_WAIT = forkserver.STOP_GRACE + 5.0
+SWEEP_INTERVAL = 0.1           # how often timeouts are checked
+ACCEPT_PAUSE = 0.1             # out of file descriptors: wait this long before accepting again
 
 
 class Connection:
     """One client connection and its single request."""
 
-    __slots__ = ("sock", "peer", "reader", "watcher", "payload", "request_id", "worker", "reply")
+    __slots__ = ("sock", "peer", "reader", "watcher", "payload", "request_id", "worker", "reply",
+                 "since")
 
-    def __init__(self, sock, peer, max_size):
+    def __init__(self, sock, peer, max_size, now):
         self.sock = sock
         self.peer = peer
+        self.since = now        # accepted at; once the frame is in, received at
         self.reader = framing.FrameReader(max_size)
         self.watcher = None
         self.payload = None
@@ -69,13 +76,19 @@ class Producer:
 
     def __init__(self, consumer, port=10123, processes=None, host="127.0.0.1", *,
                  max_message_size=framing.DEFAULT_MAX_MESSAGE_SIZE, graceful_timeout=30.0,
-                 backlog=2048, window=8, giveback_after=0.005, name=None):
+                 timeout=None, worker_timeout=None, read_timeout=10.0, max_connections=10000,
+                 backlog=2048, max_requests=None, max_requests_jitter=0,
+                 window=8, giveback_after=0.005, name=None):
         self.consumer = as_consumer(consumer)
         self.host = host
         self.port = port
         self.processes = processes or os.cpu_count() or 1
         self.max_message_size = max_message_size
         self.graceful_timeout = graceful_timeout
+        self.timeout = timeout
+        self.worker_timeout = worker_timeout
+        self.read_timeout = read_timeout
+        self.max_connections = max_connections
         self.listen_backlog = backlog
         self.window = window
         self.giveback_after = giveback_after
@@ -87,8 +100,9 @@ class Producer:
         self.backlog = collections.deque()      # complete requests waiting for a worker
         self.jobs = {}                          # request id -> connection, at a worker
         self.ids = itertools.count(1)
-        self.supervisor = Supervisor(self, self.processes)
+        self.supervisor = Supervisor(self, self.processes, max_requests, max_requests_jitter)
         self.listener = None
+        self.accepting = False
         self._dispatch_pending = False
         self._stopping = False
         self._startup = gevent.event.Event()
@@ -111,6 +125,7 @@ class Producer:
 
     def _open(self):
         self.loop = gevent.get_hub().loop
+        raise_open_file_limit(self.max_connections)
         self.ipc_dir = tempfile.mkdtemp(prefix="gaspar2-")
         # Fork the fork server first: no listener and no ZeroMQ context exist yet.
         self.fork_pid, channel = forkserver.start(self._run_worker)
@@ -129,7 +144,9 @@ class Producer:
         self.listener = self._listen()
         self.address = self.listener.getsockname()[:2]
         self.accept_watcher = self.loop.io(self.listener.fileno(), READ)
-        self.accept_watcher.start(self._on_accept)
+        self._resume_accepting()
+        self.sweeper = self.loop.timer(SWEEP_INTERVAL, SWEEP_INTERVAL)
+        self.sweeper.start(self._sweep)
         self.running.set()
         log.info("gaspar2 serving %s on %s:%d with %d workers",
                  self.name, self.address[0], self.address[1], self.processes)
@@ -176,9 +193,18 @@ class Producer:
 
     def _stop_accepting(self):
         if self.listener is not None:
-            self.accept_watcher.stop()
+            self._pause_accepting()
             self.listener.close()
             self.listener = None
+
+    def _pause_accepting(self):
+        self.accepting = False
+        self.accept_watcher.stop()
+
+    def _resume_accepting(self):
+        if self.listener is not None and not self._stopping:
+            self.accepting = True
+            self.accept_watcher.start(self._on_accept)
 
     def _close(self):
         """Stop the fork server and its workers, release ZeroMQ and the ipc directory."""
@@ -187,6 +213,8 @@ class Producer:
         if getattr(self, "fork_pid", None):
             self._forkserver_exited.wait(FORKSERVER_EXIT_WAIT)
             self._reap_forkserver()
+        if getattr(self, "sweeper", None) is not None:
+            self.sweeper.stop()
         if getattr(self, "ctx", None) is not None:
             self.sink_watcher.stop()
             self.ctx.destroy(linger=0)
@@ -206,6 +234,7 @@ class Producer:
         gevent.signal_handler(signal.SIGTERM, self._on_stop_signal, "SIGTERM")
         gevent.signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
         gevent.signal_handler(signal.SIGQUIT, self._on_quit_signal)
+        gevent.signal_handler(signal.SIGUSR1, self.log_status)
 
     def _on_stop_signal(self, name):
         if self._stopping:
@@ -220,6 +249,20 @@ class Producer:
         self._drained.set()
         gevent.spawn(self.stop, 0)
 
+    def status(self):
+        """Counts for operators (SIGUSR1 logs them) and for the tests' leak checks."""
+        return {
+            "connections": len(self.conns),
+            "waiting": len(self.backlog),
+            "at_workers": len(self.jobs),
+            "workers": self.supervisor.ready_count(),
+            "greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet)),
+            "open_files": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1,
+        }
+
+    def log_status(self):
+        log.info("status: %s", " ".join("%s=%s" % item for item in self.status().items()))
+
     # -- events from the supervisor --------------------------------------------------------
 
     def worker_ready(self, worker):
@@ -233,7 +276,7 @@ class Producer:
         if not self._startup.is_set():
             self._startup_error = "%r %s while starting" % (worker, cause)
             self._startup.set()
-        started = self.supervisor.last_started(worker)
+        started, _ = self.supervisor.last_started(worker)
         ran = started in worker.jobs
         requeue = []
         for request_id, conn in list(worker.jobs.items()):
@@ -242,7 +285,7 @@ class Producer:
             if ran:
                 self._fail(conn, "%r %s while running this request", worker, cause)
                 ran = request_id != started
-            else:
+            elif conn in self.conns:
                 requeue.append(conn)
         worker.jobs.clear()
         self.backlog.extendleft(reversed(requeue))
@@ -262,19 +305,32 @@ class Producer:
 
     def _on_accept(self):
         for _ in range(ACCEPTS_PER_WAKEUP):
+            if len(self.conns) >= self.max_connections:
+                self._pause_accepting()     # the rest wait in the kernel's listen queue
+                return
             try:
                 fd, peer = self.listener._accept()
             except BlockingIOError:
                 return
             except OSError as exc:
-                log.error("accept failed: %s", exc)
+                self._accept_failed(exc)
                 return
             sock = _socket.socket(fileno=fd)
             sock.setblocking(False)
-            conn = Connection(sock, peer, self.max_message_size)
+            conn = Connection(sock, peer, self.max_message_size, self.loop.now())
             self.conns.add(conn)
             conn.watcher = self.loop.io(fd, READ)
             conn.watcher.start(self._on_readable, conn)
+
+    def _accept_failed(self, exc):
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            log.error("accept failed: %s; pausing accepts for %.1f s (%d connections open)",
+                      exc, ACCEPT_PAUSE, len(self.conns))
+            self._pause_accepting()
+            timer = self.loop.timer(ACCEPT_PAUSE)
+            timer.start(self._resume_accepting)
+        elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+            log.error("accept failed: %s", exc)
 
     def _on_readable(self, conn):
         try:
@@ -290,6 +346,7 @@ class Producer:
         conn.watcher.stop()
         conn.payload = conn.reader.payload
         conn.reader = None
+        conn.since = self.loop.now()
         conn.request_id = next(self.ids)
         self.backlog.append(conn)
         self._schedule_dispatch()
@@ -337,15 +394,15 @@ class Producer:
         except OSError:
             pass
         conn.sock.close()
-        if conn.request_id is not None:
-            self.jobs.pop(conn.request_id, None)
-            if conn.worker is not None:
-                conn.worker.jobs.pop(conn.request_id, None)
         self._forget(conn)
 
     def _forget(self, conn):
+        """The connection is closed. A request at a worker stays on its books until the
+        worker answers or dies: the worker is busy with it either way."""
         self.conns.discard(conn)
         conn.payload = conn.reply = None
+        if not self.accepting and len(self.conns) < self.max_connections:
+            self._resume_accepting()
         if self._stopping and not self.conns:
             self._drained.set()
 
@@ -374,11 +431,15 @@ class Producer:
             batches.setdefault(worker, []).append(conn)
         for worker, conns in batches.items():
             self._send(worker, conns)
+            worker.assigned += len(conns)
+            if worker.lifetime is not None and worker.assigned >= worker.lifetime:
+                self.supervisor.retire(worker, "took %d requests (max_requests)" % worker.assigned)
 
     def _least_loaded(self):
         best = None
         for worker in self.supervisor.workers.values():
-            if (worker.ready and worker.stuck_on is None and len(worker.jobs) < self.window
+            if (worker.ready and worker.stuck_on is None and not worker.retiring
+                    and len(worker.jobs) < self.window
                     and (best is None or len(worker.jobs) < len(best.jobs))):
                 best = worker
         return best
@@ -417,16 +478,21 @@ class Producer:
         self._schedule_dispatch()
 
     def _take(self, request_id):
-        """The connection waiting for this request's answer; None if it is gone."""
+        """Take a request off its worker's books; its connection, or None if that is gone."""
         conn = self.jobs.pop(request_id, None)
         if conn is None:
-            log.info("dropped the answer to request %d: its client is gone", request_id)
             return None
         worker = conn.worker
         del worker.jobs[request_id]
         if worker.stuck_on == request_id:
             worker.stuck_on = None
+        if worker.retiring and not worker.jobs:
+            self.supervisor.kill(worker, signal.SIGTERM)
         conn.worker = None
+        if conn not in self.conns:
+            log.info("dropped the late answer to request %d from %s: its client is gone",
+                     request_id, conn)
+            return None
         return conn
 
     def _on_reply(self, request_id, body):
@@ -448,8 +514,52 @@ class Producer:
             if conn is not None:
                 del conn.worker.jobs[request_id]
                 conn.worker = None
-                returned.append(conn)
+                if conn in self.conns:
+                    returned.append(conn)
         self.backlog.extendleft(reversed(returned))
         worker = self.supervisor.workers.get(worker_id)
         if worker is not None and stuck_id in worker.jobs:
             worker.stuck_on = stuck_id
+
+    # -- timeouts ----------------------------------------------------------------------------
+
+    def _sweep(self):
+        """Enforce read_timeout, timeout and worker_timeout; runs every SWEEP_INTERVAL."""
+        now = self.loop.now()
+        for conn in list(self.conns):
+            if conn.reader is not None:
+                if self.read_timeout is not None and now - conn.since > self.read_timeout:
+                    self._fail(conn, "no whole frame within %s s (read_timeout)", self.read_timeout)
+            elif conn.reply is None and self.timeout is not None and now - conn.since > self.timeout:
+                self._fail(conn, "no answer within %s s (timeout)", self.timeout)
+        if self.worker_timeout is not None:
+            self._kill_runaway_workers()
+
+    def _kill_runaway_workers(self):
+        now = time.monotonic()
+        for worker in list(self.supervisor.workers.values()):
+            request_id, started = self.supervisor.last_started(worker)
+            if (request_id in worker.jobs and not worker.killed
+                    and now - started > self.worker_timeout):
+                log.warning("%r has run one request for %.1f s (worker_timeout %s s): killing it",
+                            worker, now - started, self.worker_timeout)
+                worker.killed = True
+                self.supervisor.kill(worker, signal.SIGKILL)
+
+
+def raise_open_file_limit(wanted):
+    """Raise the soft open-file limit as far as the hard one allows; log what we serve with."""
+    try:
+        import resource
+    except ImportError:
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+    level = logging.WARNING if soft < wanted + 64 else logging.INFO
+    log.log(level, "open-file limit %d (max_connections %d)", soft, wanted)

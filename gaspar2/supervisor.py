@@ -9,6 +9,7 @@ replaced after a growing delay, so a handler that cannot start does not fork in 
 import logging
 import mmap
 import os
+import random
 import signal
 
 import zmq
@@ -26,7 +27,8 @@ MAX_BACKOFF = 10.0
 class WorkerHandle:
     """What the producer knows of one worker process."""
 
-    __slots__ = ("id", "slot", "pid", "push", "jobs", "stuck_on", "ready", "born")
+    __slots__ = ("id", "slot", "pid", "push", "jobs", "stuck_on", "ready", "born", "assigned",
+                 "lifetime", "retiring", "killed")
 
     def __init__(self, worker_id, slot, born):
         self.id = worker_id
@@ -37,6 +39,10 @@ class WorkerHandle:
         self.stuck_on = None    # a request the worker said is slow; nothing more goes to it
         self.ready = False
         self.born = born
+        self.assigned = 0       # requests sent to it so far
+        self.lifetime = None    # requests it may take before it is replaced (max_requests)
+        self.retiring = False   # replaced already: takes nothing new, leaves once idle
+        self.killed = False     # sent SIGKILL for running one request too long
 
     def __repr__(self):
         return "worker %d (pid %s)" % (self.id, self.pid)
@@ -52,9 +58,11 @@ def describe_status(status):
 
 
 class Supervisor:
-    def __init__(self, producer, size):
+    def __init__(self, producer, size, max_requests=None, max_requests_jitter=0):
         self.producer = producer
         self.size = size
+        self.max_requests = max_requests
+        self.max_requests_jitter = max_requests_jitter
         self.workers = {}               # id -> WorkerHandle, spawned and not yet exited
         self.free_slots = list(range(MAX_WORKERS - 1, -1, -1))
         self.progress = mmap.mmap(-1, MAX_WORKERS * framing.PROGRESS.size)
@@ -79,9 +87,11 @@ class Supervisor:
 
     def spawn(self):
         worker = WorkerHandle(self.next_id, self.free_slots.pop(), self.loop.now())
+        if self.max_requests:
+            worker.lifetime = self.max_requests + random.randint(0, self.max_requests_jitter)
         self.next_id += 1
         self.workers[worker.id] = worker
-        framing.PROGRESS.pack_into(self.progress, worker.slot * framing.PROGRESS.size, 0)
+        framing.PROGRESS.pack_into(self.progress, worker.slot * framing.PROGRESS.size, 0, 0.0)
         self._command("spawn %d %d" % (worker.id, worker.slot))
         return worker
 
@@ -89,11 +99,29 @@ class Supervisor:
         self._command("kill %d %d" % (worker.id, sig))
 
     def last_started(self, worker):
-        """The id of the request this worker started last (0 if none)."""
-        return framing.PROGRESS.unpack_from(self.progress, worker.slot * framing.PROGRESS.size)[0]
+        """(id, monotonic time) of the request this worker started last; id 0 if none."""
+        return framing.PROGRESS.unpack_from(self.progress, worker.slot * framing.PROGRESS.size)
 
     def ready_count(self):
         return sum(1 for w in self.workers.values() if w.ready)
+
+    def serving_count(self):
+        """Workers that count towards the wanted number: all but those being replaced."""
+        return sum(1 for w in self.workers.values() if not w.retiring)
+
+    def retire(self, worker, reason):
+        """Replace ``worker`` now; it finishes what it holds, then is told to leave."""
+        if worker.retiring:
+            return
+        worker.retiring = True
+        log.info("%r %s: replacing it", worker, reason)
+        self._schedule_respawn()
+        if not worker.jobs:
+            self.kill(worker, signal.SIGTERM)
+
+    def resize(self, size):
+        self.size = size
+        self._schedule_respawn()
 
     def close_channel(self):
         """Tell the fork server to stop every worker and exit."""
@@ -147,18 +175,18 @@ class Supervisor:
             return
         worker.pid = pid
         cause = describe_status(status)
-        young = not worker.ready or self.loop.now() - worker.born < YOUNG
+        young = not worker.retiring and (not worker.ready or self.loop.now() - worker.born < YOUNG)
         self.producer.worker_lost(worker, cause, young)
         if worker.push is not None:
             worker.push.close()
         self.free_slots.append(worker.slot)
-        if self.stopping:
+        if self.stopping or worker.retiring:
             return
         self.failures = self.failures + 1 if young else 0
         self._schedule_respawn()
 
     def _schedule_respawn(self):
-        missing = self.size - len(self.workers)
+        missing = self.size - self.serving_count()
         if missing <= 0 or (self.respawn_timer is not None and self.respawn_timer.active):
             return
         if not self.failures:
@@ -174,7 +202,7 @@ class Supervisor:
     def _respawn_after_delay(self):
         self.respawn_timer = None
         if not self.stopping:
-            for _ in range(self.size - len(self.workers)):
+            for _ in range(self.size - self.serving_count()):
                 self.spawn()
 
     def _command(self, line):

@@ -102,9 +102,9 @@ class Worker:
                 self._drain()
                 if self.queue:
                     job = self.queue.popleft()
-                    framing.PROGRESS.pack_into(self.progress, self.offset, job[0])
                     self.current = job[0]
                     self.started = time.monotonic()
+                    framing.PROGRESS.pack_into(self.progress, self.offset, job[0], self.started)
                     return job
             if self.stopping or os.getppid() != self.parent_pid:
                 return None
