@@ -175,7 +175,10 @@ class Supervisor:
             return
         worker.pid = pid
         cause = describe_status(status)
-        young = not worker.retiring and (not worker.ready or self.loop.now() - worker.born < YOUNG)
+        # Died before it was ready, or soon after on its own: a signal from outside (an
+        # operator, worker_timeout) says nothing about whether the next one can start.
+        young = not worker.retiring and (not worker.ready or (
+            not os.WIFSIGNALED(status) and self.loop.now() - worker.born < YOUNG))
         self.producer.worker_lost(worker, cause, young)
         if worker.push is not None:
             worker.push.close()
