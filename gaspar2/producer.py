@@ -103,6 +103,7 @@ class Producer:
         self.supervisor = Supervisor(self, self.processes, max_requests, max_requests_jitter)
         self.listener = None
         self.accepting = False
+        self.accepted = 0
         self._dispatch_pending = False
         self._stopping = False
         self._startup = gevent.event.Event()
@@ -252,7 +253,9 @@ class Producer:
     def status(self):
         """Counts for operators (SIGUSR1 logs them) and for the tests' leak checks."""
         return {
+            "accepted": self.accepted,
             "connections": len(self.conns),
+            "reading": sum(1 for conn in self.conns if conn.reader is not None),
             "waiting": len(self.backlog),
             "at_workers": len(self.jobs),
             "workers": self.supervisor.ready_count(),
@@ -319,6 +322,7 @@ class Producer:
             sock.setblocking(False)
             conn = Connection(sock, peer, self.max_message_size, self.loop.now())
             self.conns.add(conn)
+            self.accepted += 1
             conn.watcher = self.loop.io(fd, READ)
             conn.watcher.start(self._on_readable, conn)
 

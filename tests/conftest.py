@@ -10,6 +10,19 @@ import time
 
 import pytest
 
+def pytest_addoption(parser):
+    parser.addoption("--heavy", action="store_true", help="run the full-size stress tests")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--heavy"):
+        return
+    skip = pytest.mark.skip(reason="full-size stress test: run with --heavy")
+    for item in items:
+        if "heavy" in item.keywords:
+            item.add_marker(skip)
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SERVING = re.compile(r"serving .* on (\S+):(\d+) with (\d+) workers")
 
@@ -105,6 +118,22 @@ class Server:
 
     def signal(self, sig):
         os.kill(self.pid, sig)
+
+    def status(self):
+        """Ask the producer for its counters (SIGUSR1) and parse the line it logs."""
+        before = self.log().count("status:")
+        self.signal(signal.SIGUSR1)
+        wait_for(lambda: self.log().count("status:") > before, message="a status line")
+        line = self.log().split("status:")[-1].splitlines()[0]
+        return {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", line)}
+
+    def memory(self, field="VmRSS"):
+        """The producer's resident memory (or VmHWM, its peak), in bytes."""
+        with open("/proc/%d/status" % self.pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+        raise AssertionError("no %s" % field)
 
     def wait_exit(self, timeout=60):
         try:

@@ -17,15 +17,6 @@ from conftest import Server, connect, exchange, wait_for
 pytestmark = pytest.mark.timeout(120)
 
 
-def status(server):
-    """Ask the server for its counters (SIGUSR1) and parse the line it logs."""
-    before = server.log().count("status:")
-    server.signal(signal.SIGUSR1)
-    wait_for(lambda: server.log().count("status:") > before, message="a status line")
-    line = server.log().split("status:")[-1].splitlines()[0]
-    return {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", line)}
-
-
 def test_request_timeout_resets_and_drops_the_late_answer(serve):
     server = serve("tests.handlers:work", "--workers", "1", "--timeout", "0.5")
     began = time.monotonic()
@@ -69,11 +60,11 @@ def test_max_connections_leaves_the_rest_in_the_listen_queue(serve):
     server = serve("gaspar2.examples:echo", "--workers", "1", "--max-connections", "3",
                    "--read-timeout", "60")
     holders = [connect(server) for _ in range(3)]
-    wait_for(lambda: status(server)["connections"] == 3, message="3 connections accepted")
+    wait_for(lambda: server.status()["connections"] == 3, message="3 connections accepted")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(client.request, server.url, b"queued", 30)
         # The kernel completes the handshake; the producer does not accept past 3.
-        assert status(server)["connections"] == 3
+        assert server.status()["connections"] == 3
         assert not waiting.done()
         holders.pop().close()
         assert waiting.result() == b"queued"
