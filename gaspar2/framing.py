@@ -6,6 +6,7 @@ where ``ids`` packs one unsigned 64-bit request id per payload.
 Worker -> producer, on the sink: [kind + fields, body?] with ``kind`` one of the constants below.
 """
 
+import socket
 import struct
 
 HEADER = struct.Struct("!I")
@@ -48,40 +49,58 @@ def unpack_ids(data):
     return struct.unpack("!%dQ" % (len(data) // 8), data)
 
 
+# The first read of every frame lands here, so a small frame takes one recv and one copy.
+# Safe to share: each read is copied out before the next one.
+_SCRATCH = bytearray(64 * 1024)
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
 class FrameReader:
-    """Reads one frame from a non-blocking socket across as many wake-ups as it takes."""
+    """Reads one frame from a socket across as many wake-ups as it takes, never blocking."""
 
     __slots__ = ("max_size", "header", "got", "payload")
 
     def __init__(self, max_size):
         self.max_size = max_size
-        self.header = bytearray(4)
+        self.header = b""
         self.got = 0
         self.payload = None
 
     def read_from(self, sock):
         """Read what is there; True once the frame is complete.
 
-        Reads until the socket would block, so a large frame takes few wake-ups; never reads
-        past the frame. Raises FrameError on an oversized length or an early EOF, and lets
+        Reads until the socket would block, so a large frame takes few wake-ups. Raises
+        FrameError on an oversized length, bytes past the frame or an early EOF, and lets
         BlockingIOError (nothing to read yet) and other OSErrors through.
         """
-        if self.payload is None:
-            while self.got < 4:
-                n = sock.recv_into(memoryview(self.header)[self.got:])
-                if not n:
-                    raise FrameError("closed after %d of 4 header bytes" % self.got)
-                self.got += n
-            (length,) = HEADER.unpack(self.header)
-            if length > self.max_size:
-                raise FrameError("length %d is over max_message_size %d" % (length, self.max_size))
-            self.payload = bytearray(length)
-            self.got = 0
+        if self.payload is None and not self._read_header(sock):
+            return False
         view = memoryview(self.payload)
         size = len(self.payload)
         while self.got < size:
-            n = sock.recv_into(view[self.got:])
+            n = sock.recv_into(view[self.got:], 0, _DONTWAIT)
             if not n:
                 raise FrameError("closed after %d of %d payload bytes" % (self.got, size))
             self.got += n
+        return True
+
+    def _read_header(self, sock):
+        n = sock.recv_into(_SCRATCH, 0, _DONTWAIT)
+        if not n:
+            raise FrameError("closed after %d of 4 header bytes" % len(self.header))
+        data = self.header + _SCRATCH[:n]
+        if len(data) < 4:
+            self.header = bytes(data)
+            return False
+        (length,) = HEADER.unpack_from(data)
+        if length > self.max_size:
+            raise FrameError("length %d is over max_message_size %d" % (length, self.max_size))
+        if len(data) - 4 > length:
+            raise FrameError("%d bytes after the frame" % (len(data) - 4 - length))
+        if len(data) - 4 == length:
+            self.payload = bytes(data[4:])
+        else:
+            self.payload = bytearray(length)
+            self.payload[:len(data) - 4] = data[4:]
+        self.got = len(data) - 4
         return True

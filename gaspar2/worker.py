@@ -36,6 +36,7 @@ def worker_endpoint(ipc_dir, worker_id):
     return "ipc://%s/w%d" % (ipc_dir, worker_id)
 ZERO_COPY_MIN = 64 * 1024       # below this, copying into a zmq message is cheaper
 PARENT_CHECK_MS = 500
+IDLE_TICK = 0.01
 
 
 class Worker:
@@ -130,22 +131,33 @@ class Worker:
         else:
             head = framing.KIND_ID.pack(framing.REPLY, request_id)
             self.push.send_multipart([head, body], copy=len(body) < ZERO_COPY_MIN)
-        self.typical += (time.monotonic() - began - self.typical) * 0.2
+        # A slow request counts no more than the threshold, so one cannot inflate it.
+        elapsed = min(time.monotonic() - began, self._threshold())
+        self.typical += (elapsed - self.typical) * 0.2
 
     def _watch(self):
-        """Give back held requests while the current one runs longer than usual."""
-        tick = self.min_giveback / 2
+        """Give back held requests while the current one runs longer than usual.
+
+        It sleeps until the current request's deadline, so a worker busy with quick requests
+        wakes it about once per threshold, and an idle one every IDLE_TICK.
+        """
         while True:
-            time.sleep(tick)
-            if self.current is None or not self.lock.acquire(blocking=False):
+            current, started = self.current, self.started
+            if current is None:
+                time.sleep(IDLE_TICK)
                 continue
-            try:
-                threshold = max(self.min_giveback, 4 * self.typical)
-                if self.current is not None and time.monotonic() - self.started > threshold:
+            delay = started + self._threshold() - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+                continue
+            with self.lock:
+                if self.current == current:
                     self._drain()
                     self._give_back()
-            finally:
-                self.lock.release()
+            time.sleep(self.min_giveback)
+
+    def _threshold(self):
+        return max(self.min_giveback, 4 * self.typical)
 
     def _give_back(self):
         """Tell the producer once that this request is slow; hand back what is queued."""
