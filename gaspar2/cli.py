@@ -1,29 +1,28 @@
 """The ``gaspar2`` command: serve a handler, or send one request."""
 
 import argparse
-import importlib
+import importlib.util
 import logging
+import traceback
 import os
 import sys
 
 from . import client, framing
+from .consumer import as_consumer, split_spec
 from .producer import Producer
 
 log = logging.getLogger("gaspar2")
 LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
 
-def load_target(spec):
-    """Import ``MODULE:ATTR`` (ATTR may be dotted), looking in the current directory too."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr:
-        raise ValueError("expected MODULE:ATTR, got %r" % (spec,))
+def find_target(spec):
+    """Check that MODULE of ``MODULE:ATTR`` can be found, without importing it: the
+    workers import it, each afresh, so a reload (SIGHUP) picks up new code."""
+    module_name, _ = split_spec(spec)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    target = importlib.import_module(module_name)
-    for part in attr.split("."):
-        target = getattr(target, part)
-    return target
+    if importlib.util.find_spec(module_name) is None:
+        raise ImportError("no module named %r" % module_name)
 
 
 def build_parser():
@@ -54,8 +53,15 @@ def build_parser():
                        help="replace a worker after N requests (default: never)")
     serve.add_argument("--max-requests-jitter", type=int, default=0, metavar="N",
                        help="add 0..N to each worker's max-requests, so they do not all restart at once")
+    serve.add_argument("--metrics", default=None, metavar="HOST:PORT",
+                       help="serve Prometheus metrics there (needs the 'metrics' extra)")
+    serve.add_argument("--access-log", action="store_true",
+                       help="log one line per request (client, outcome, sizes, time, worker)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error", "critical"])
+
+    check = commands.add_parser("check", help="import a handler and run its setup(), then exit")
+    check.add_argument("target", metavar="MODULE:ATTR")
 
     req = commands.add_parser("request", help="send one request and print the reply")
     req.add_argument("url", metavar="HOST:PORT")
@@ -67,17 +73,18 @@ def build_parser():
 def serve(args):
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     try:
-        target = load_target(args.target)
-    except Exception:
-        log.exception("cannot load %s", args.target)
+        find_target(args.target)
+    except (ImportError, ValueError) as exc:
+        log.error("cannot load %s: %s", args.target, exc)
         return 2
-    producer = Producer(target, args.port, args.workers, args.host,
+    producer = Producer(args.target, args.port, args.workers, args.host,
                         max_message_size=args.max_message_size,
                         graceful_timeout=args.graceful_timeout, timeout=args.timeout,
                         worker_timeout=args.worker_timeout, read_timeout=args.read_timeout,
                         max_connections=args.max_connections, backlog=args.backlog,
                         max_requests=args.max_requests,
-                        max_requests_jitter=args.max_requests_jitter, name=args.target)
+                        max_requests_jitter=args.max_requests_jitter,
+                        metrics=args.metrics, access_log=args.access_log)
     try:
         producer.start()
     except RuntimeError as exc:
@@ -104,8 +111,18 @@ def request(args):
     return 0
 
 
+def check(args):
+    """Deploy-time sanity check: what every worker does before its first request."""
+    try:
+        as_consumer(args.target).setup()
+    except Exception:
+        traceback.print_exc()
+        print("gaspar2 check: %s failed" % args.target, file=sys.stderr)
+        return 1
+    print("gaspar2 check: %s imported and set up" % args.target)
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    if args.command == "serve":
-        return serve(args)
-    return request(args)
+    return {"serve": serve, "check": check, "request": request}[args.command](args)

@@ -1,4 +1,8 @@
-"""The user's side of gaspar2: what runs in each worker process."""
+"""The user's side of gaspar2: what runs in each worker process, and how it is found."""
+
+import importlib
+import os
+import sys
 
 
 class Consumer:
@@ -22,8 +26,29 @@ class Consumer:
         return self.handler(message)
 
 
+def load_target(spec):
+    """Import ``MODULE:ATTR`` (ATTR may be dotted), looking in the current directory too."""
+    module_name, attr = split_spec(spec)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    target = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    return target
+
+
+def split_spec(spec):
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError("expected MODULE:ATTR, got %r" % (spec,))
+    return module_name, attr
+
+
 def as_consumer(target):
-    """Accept a Consumer instance, a Consumer subclass or a plain handler function."""
+    """Accept a Consumer instance, a Consumer subclass, a handler function, or the
+    ``MODULE:ATTR`` of one of those."""
+    if isinstance(target, str):
+        target = load_target(target)
     if isinstance(target, Consumer):
         return target
     if isinstance(target, type) and issubclass(target, Consumer):

@@ -28,6 +28,15 @@ PR_SET_PDEATHSIG = 1
 STOP_GRACE = 5.0
 
 
+def set_title(title):
+    """Name this process for ps and top, when setproctitle is installed."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
 def die_with_parent(parent_pid):
     """Ask Linux to SIGKILL this process when its parent dies; exit if it already has."""
     try:
@@ -154,7 +163,7 @@ class ForkServer:
             os.kill(pid, signal.SIGKILL)
 
 
-def start(run_worker):
+def start(run_worker, title):
     """Fork the fork server; returns (pid, the producer's end of the control channel)."""
     ours, theirs = socket.socketpair()
     parent = os.getpid()
@@ -170,6 +179,7 @@ def start(run_worker):
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                     signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(sig, signal.SIG_IGN)
+        set_title(title)
         ForkServer(theirs, run_worker).serve()
     except BaseException:
         log.exception("fork server crashed")

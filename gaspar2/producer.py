@@ -32,8 +32,10 @@ import gevent.event
 import zmq
 
 from . import forkserver, framing
-from .consumer import as_consumer
+from .consumer import Consumer, as_consumer, split_spec
 from .supervisor import Supervisor
+from .forkserver import set_title
+from .observe import Observer
 from .worker import Worker, prepare_process, sink_endpoint, worker_endpoint
 
 log = logging.getLogger("gaspar2")
@@ -53,12 +55,15 @@ class Connection:
     """One client connection and its single request."""
 
     __slots__ = ("sock", "peer", "reader", "watcher", "payload", "request_id", "worker", "reply",
-                 "since")
+                 "since", "accepted", "served_by", "size_out")
 
     def __init__(self, sock, peer, max_size, now):
         self.sock = sock
         self.peer = peer
         self.since = now        # accepted at; once the frame is in, received at
+        self.accepted = now
+        self.served_by = None   # the id of the worker that answered
+        self.size_out = 0
         self.reader = framing.FrameReader(max_size)
         self.watcher = None
         self.payload = None
@@ -79,8 +84,12 @@ class Producer:
                  max_message_size=framing.DEFAULT_MAX_MESSAGE_SIZE, graceful_timeout=30.0,
                  timeout=None, worker_timeout=None, read_timeout=10.0, max_connections=10000,
                  backlog=2048, max_requests=None, max_requests_jitter=0,
-                 window=8, giveback_after=0.005, name=None):
-        self.consumer = as_consumer(consumer)
+                 metrics=None, access_log=False, window=8, giveback_after=0.005, name=None):
+        if isinstance(consumer, str):
+            split_spec(consumer)
+            self.spec, self.consumer = consumer, None   # each worker imports it afresh
+        else:
+            self.spec, self.consumer = None, as_consumer(consumer)
         self.host = host
         self.port = port
         self.processes = processes or os.cpu_count() or 1
@@ -93,7 +102,7 @@ class Producer:
         self.listen_backlog = backlog
         self.window = window
         self.giveback_after = giveback_after
-        self.name = name or type(self.consumer).__name__
+        self.name = name or self.spec or describe(self.consumer)
         self.address = None
         self.running = gevent.event.Event()
         self.stopped = gevent.event.Event()
@@ -103,6 +112,9 @@ class Producer:
         self.ids = itertools.count(1)
         self.supervisor = Supervisor(self, self.processes, max_requests, max_requests_jitter)
         self.listener = None
+        self.metrics_address = metrics
+        self.access_log = access_log
+        self.observer = None        # Observer when metrics or the access log are on
         self.accepting = False
         self.accepted = 0
         self._dispatch_pending = False
@@ -130,7 +142,7 @@ class Producer:
         raise_open_file_limit(self.max_connections)
         self.ipc_dir = tempfile.mkdtemp(prefix="gaspar2-")
         # Fork the fork server first: no listener and no ZeroMQ context exist yet.
-        self.fork_pid, channel = forkserver.start(self._run_worker)
+        self.fork_pid, channel = forkserver.start(self._run_worker, "gaspar2 forkserver %s" % self.name)
         self.ctx = zmq.Context()
         self.sink = self.ctx.socket(zmq.PULL)
         self.sink.linger = 0
@@ -147,9 +159,12 @@ class Producer:
         self.address = self.listener.getsockname()[:2]
         self.accept_watcher = self.loop.io(self.listener.fileno(), READ)
         self._resume_accepting()
+        if self.metrics_address or self.access_log:
+            self.observer = Observer(self, self.metrics_address, self.access_log)
         self.sweeper = self.loop.timer(SWEEP_INTERVAL, SWEEP_INTERVAL)
         self.sweeper.start(self._sweep)
         self.running.set()
+        set_title("gaspar2 producer %s %s:%d" % ((self.name,) + tuple(self.address)))
         log.info("gaspar2 serving %s on %s:%d with %d workers",
                  self.name, self.address[0], self.address[1], self.processes)
 
@@ -170,10 +185,13 @@ class Producer:
     def _run_worker(self, worker_id, slot, parent):
         """Runs in a fresh worker process, forked by the fork server."""
         prepare_process("gaspar2 worker %d %s" % (worker_id, self.name))
-        worker = Worker(self.consumer, worker_id, worker_endpoint(self.ipc_dir, worker_id),
+        worker = Worker(self._make_consumer, worker_id, worker_endpoint(self.ipc_dir, worker_id),
                         sink_endpoint(self.ipc_dir), parent, self.giveback_after,
                         self.supervisor.progress, slot)
         return worker.run()
+
+    def _make_consumer(self):
+        return as_consumer(self.spec) if self.spec else self.consumer
 
     def stop(self, timeout=None):
         """Stop accepting, finish the requests received (up to ``timeout``, by default the
@@ -190,7 +208,7 @@ class Producer:
             if self.conns:
                 self._drained.wait(timeout)
         for conn in list(self.conns):
-            self._fail(conn, "the server stopped before this request was answered")
+            self._fail(conn, "refused", "the server stopped before this request was answered")
         self._close()
         log.info("stopped")
 
@@ -238,6 +256,9 @@ class Producer:
         gevent.signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
         gevent.signal_handler(signal.SIGQUIT, self._on_quit_signal)
         gevent.signal_handler(signal.SIGUSR1, self.log_status)
+        gevent.signal_handler(signal.SIGHUP, self._on_reload_signal)
+        gevent.signal_handler(signal.SIGTTIN, self._on_resize_signal, +1)
+        gevent.signal_handler(signal.SIGTTOU, self._on_resize_signal, -1)
 
     def _on_stop_signal(self, name):
         if self._stopping:
@@ -246,6 +267,15 @@ class Producer:
             return
         log.info("%s: stopping gracefully", name)
         gevent.spawn(self.stop)
+
+    def _on_reload_signal(self):
+        if not self._stopping:
+            log.info("SIGHUP: replacing every worker with a fresh one")
+            self.supervisor.reload()
+
+    def _on_resize_signal(self, delta):
+        if not self._stopping:
+            self.supervisor.resize(delta)
 
     def _on_quit_signal(self):
         log.info("SIGQUIT: stopping now")
@@ -275,8 +305,10 @@ class Producer:
             self._startup.set()
         self._schedule_dispatch()
 
-    def worker_lost(self, worker, cause, young):
+    def worker_lost(self, worker, cause, kind):
         """A worker exited: fail the requests it ran, give the others to the rest."""
+        if self.observer is not None:
+            self.observer.worker_exited(kind)
         self._on_sink()             # replies it sent before it died are not lost
         if not self._startup.is_set():
             self._startup_error = "%r %s while starting" % (worker, cause)
@@ -288,7 +320,7 @@ class Producer:
             del self.jobs[request_id]
             conn.worker = None
             if ran:
-                self._fail(conn, "%r %s while running this request", worker, cause)
+                self._fail(conn, "worker_died", "%r %s while running this request", worker, cause)
                 ran = request_id != started
             elif conn in self.conns:
                 requeue.append(conn)
@@ -344,10 +376,10 @@ class Producer:
         except BlockingIOError:
             complete = False
         except framing.FrameError as exc:
-            self._fail(conn, "bad frame: %s", exc)
+            self._fail(conn, "bad_frame", "bad frame: %s", exc)
             return
         except OSError as exc:
-            self._fail(conn, "read failed: %s", exc)
+            self._fail(conn, "bad_frame", "read failed: %s", exc)
             return
         if not complete:
             if conn.watcher is None:
@@ -369,7 +401,7 @@ class Producer:
         except BlockingIOError:
             sent = 0
         except OSError as exc:
-            self._fail(conn, "client gone before its reply was written: %s", exc)
+            self._fail(conn, "client_gone", "client gone before its reply was written: %s", exc)
             return
         if sent == len(view):
             self._finish(conn)
@@ -386,6 +418,8 @@ class Producer:
 
     def _finish(self, conn):
         """Reply written: close in order (FIN)."""
+        if self.observer is not None:
+            self.observer.request_done(conn, "ok", self.loop.now())
         if conn.watcher is not None:
             conn.watcher.close()
         try:
@@ -395,10 +429,12 @@ class Producer:
         conn.sock.close()
         self._forget(conn)
 
-    def _fail(self, conn, reason, *args):
+    def _fail(self, conn, outcome, reason, *args):
         """Log why, then abort the connection so the client sees a reset, not a reply."""
         if conn not in self.conns:
             return
+        if self.observer is not None:
+            self.observer.request_done(conn, outcome, self.loop.now())
         quiet = args and str(args[0]).startswith("closed after 0 of 4")   # a port probe
         log.log(logging.INFO if quiet else logging.WARNING, "%s: " + reason, conn, *args)
         if conn.watcher is not None:
@@ -498,6 +534,7 @@ class Producer:
             return None
         worker = conn.worker
         del worker.jobs[request_id]
+        conn.served_by = worker.id
         if worker.stuck_on == request_id:
             worker.stuck_on = None
         if worker.retiring and not worker.jobs:
@@ -512,12 +549,13 @@ class Producer:
     def _on_reply(self, request_id, body):
         conn = self._take(request_id)
         if conn is not None:
+            conn.size_out = len(body)
             self._write(conn, body.buffer)
 
     def _on_error(self, request_id, text):
         conn = self._take(request_id)
         if conn is not None:
-            self._fail(conn, "handler failed in %s", text.bytes.decode("utf-8", "replace"))
+            self._fail(conn, "handler_error", "handler failed in %s", text.bytes.decode("utf-8", "replace"))
 
     def _on_giveback(self, head, ids):
         """A worker is stuck on a slow request: take back what it holds but has not begun."""
@@ -543,9 +581,10 @@ class Producer:
         for conn in list(self.conns):
             if conn.reader is not None:
                 if self.read_timeout is not None and now - conn.since > self.read_timeout:
-                    self._fail(conn, "no whole frame within %s s (read_timeout)", self.read_timeout)
+                    self._fail(conn, "timeout", "no whole frame within %s s (read_timeout)",
+                               self.read_timeout)
             elif conn.reply is None and self.timeout is not None and now - conn.since > self.timeout:
-                self._fail(conn, "no answer within %s s (timeout)", self.timeout)
+                self._fail(conn, "timeout", "no answer within %s s (timeout)", self.timeout)
         if self.worker_timeout is not None:
             self._kill_runaway_workers()
 
@@ -559,6 +598,12 @@ class Producer:
                             worker, now - started, self.worker_timeout)
                 worker.killed = True
                 self.supervisor.kill(worker, signal.SIGKILL)
+
+
+def describe(consumer):
+    handler = consumer.handler if type(consumer).handle is Consumer.handle else None
+    thing = handler if handler is not None else type(consumer)
+    return "%s:%s" % (getattr(thing, "__module__", "?"), getattr(thing, "__qualname__", "?"))
 
 
 def raise_open_file_limit(wanted):

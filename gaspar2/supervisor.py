@@ -28,7 +28,7 @@ class WorkerHandle:
     """What the producer knows of one worker process."""
 
     __slots__ = ("id", "slot", "pid", "push", "jobs", "stuck_on", "ready", "born", "assigned",
-                 "lifetime", "retiring", "killed")
+                 "lifetime", "retiring", "killed", "generation")
 
     def __init__(self, worker_id, slot, born):
         self.id = worker_id
@@ -43,6 +43,7 @@ class WorkerHandle:
         self.lifetime = None    # requests it may take before it is replaced (max_requests)
         self.retiring = False   # replaced already: takes nothing new, leaves once idle
         self.killed = False     # sent SIGKILL for running one request too long
+        self.generation = 0     # workers started by a reload (SIGHUP) have a newer one
 
     def __repr__(self):
         return "worker %d (pid %s)" % (self.id, self.pid)
@@ -55,6 +56,19 @@ def describe_status(status):
     if code == EXIT_SETUP_FAILED:
         return "setup() failed (traceback above)"
     return "exited with status %d" % code
+
+
+def exit_kind(worker, status):
+    """A short label for why a worker exited (metrics)."""
+    if worker.retiring:
+        return "replaced"
+    if worker.killed:
+        return "worker_timeout"
+    if os.WIFSIGNALED(status):
+        return "signal"
+    if not worker.ready:
+        return "failed_start"
+    return "exit"
 
 
 class Supervisor:
@@ -70,6 +84,7 @@ class Supervisor:
         self.failures = 0               # workers in a row that died young
         self.respawn_timer = None
         self.stopping = False
+        self.generation = 0
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -87,6 +102,7 @@ class Supervisor:
 
     def spawn(self):
         worker = WorkerHandle(self.next_id, self.free_slots.pop(), self.loop.now())
+        worker.generation = self.generation
         if self.max_requests:
             worker.lifetime = self.max_requests + random.randint(0, self.max_requests_jitter)
         self.next_id += 1
@@ -119,9 +135,32 @@ class Supervisor:
         if not worker.jobs:
             self.kill(worker, signal.SIGTERM)
 
-    def resize(self, size):
-        self.size = size
-        self._schedule_respawn()
+    def resize(self, delta):
+        """TTIN (+1) and TTOU (-1): one worker more or fewer, never fewer than one."""
+        if self.size + delta < 1:
+            log.info("keeping the last worker")
+            return
+        self.size += delta
+        log.info("now %d workers wanted", self.size)
+        if delta > 0:
+            self._schedule_respawn()
+            return
+        serving = [w for w in self.workers.values() if not w.retiring]
+        if len(serving) > self.size:
+            self.retire(min(serving, key=lambda w: (w.ready, len(w.jobs))), "is one too many")
+
+    def reload(self):
+        """Start a fresh generation of workers; each old one leaves when a new one is ready,
+        so capacity never dips, and a generation that cannot start leaves the old serving."""
+        self.generation += 1
+        for _ in range(self.size):
+            self.spawn()
+
+    def _replace_one_old(self):
+        for worker in self.workers.values():
+            if worker.generation < self.generation and not worker.retiring:
+                self.retire(worker, "is replaced by a fresh one (reload)")
+                return
 
     def close_channel(self):
         """Tell the fork server to stop every worker and exit."""
@@ -145,6 +184,8 @@ class Supervisor:
         worker.push.connect(worker_endpoint(self.ipc_dir, worker_id))
         worker.ready = True
         log.debug("%r ready", worker)
+        if worker.generation == self.generation:
+            self._replace_one_old()
         self.producer.worker_ready(worker)
 
     def _on_channel(self):
@@ -179,7 +220,7 @@ class Supervisor:
         # operator, worker_timeout) says nothing about whether the next one can start.
         young = not worker.retiring and (not worker.ready or (
             not os.WIFSIGNALED(status) and self.loop.now() - worker.born < YOUNG))
-        self.producer.worker_lost(worker, cause, young)
+        self.producer.worker_lost(worker, cause, exit_kind(worker, status))
         if worker.push is not None:
             worker.push.close()
         self.free_slots.append(worker.slot)

@@ -22,6 +22,7 @@ import zmq
 
 from . import framing
 from .consumer import reply_bytes
+from .forkserver import set_title
 
 log = logging.getLogger("gaspar2.worker")
 
@@ -40,9 +41,9 @@ IDLE_TICK = 0.01
 
 
 class Worker:
-    def __init__(self, consumer, worker_id, endpoint, sink, parent_pid, giveback_after,
+    def __init__(self, make_consumer, worker_id, endpoint, sink, parent_pid, giveback_after,
                  progress, slot):
-        self.consumer = consumer
+        self.make_consumer = make_consumer
         self.id = worker_id
         self.progress = progress        # shared with the producer: what this worker started
         self.offset = slot * framing.PROGRESS.size
@@ -62,6 +63,7 @@ class Worker:
         """Serve until told to stop or orphaned; returns the exit status."""
         signal.signal(signal.SIGTERM, self._on_term)
         try:
+            self.consumer = self.make_consumer()
             self.consumer.setup()
         except BaseException:
             log.error("worker %d: setup() failed, exiting\n%s", self.id, traceback.format_exc())
@@ -191,8 +193,4 @@ def prepare_process(title):
         signal.signal(sig, signal.SIG_IGN)
     for sig in (signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_DFL)
-    try:
-        import setproctitle
-    except ImportError:
-        return
-    setproctitle.setproctitle(title)
+    set_title(title)
