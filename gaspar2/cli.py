@@ -7,7 +7,7 @@ import traceback
 import os
 import sys
 
-from . import client, framing
+from . import client, framing, remote
 from .consumer import as_consumer, split_spec
 from .producer import Producer
 
@@ -23,6 +23,11 @@ def find_target(spec):
         sys.path.insert(0, os.getcwd())
     if importlib.util.find_spec(module_name) is None:
         raise ImportError("no module named %r" % module_name)
+
+
+def add_log_level(parser):
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error", "critical"])
 
 
 def build_parser():
@@ -57,8 +62,37 @@ def build_parser():
                        help="serve Prometheus metrics there (needs the 'metrics' extra)")
     serve.add_argument("--access-log", action="store_true",
                        help="log one line per request (client, outcome, sizes, time, worker)")
-    serve.add_argument("--log-level", default="info",
-                       choices=["debug", "info", "warning", "error", "critical"])
+    serve.add_argument("--remote-workers", default=None, metavar="tcp://HOST:PORT",
+                       help="let workers on other machines join at this endpoint")
+    serve.add_argument("--curve-secret-key", default=None, metavar="FILE",
+                       help="this producer's .key_secret (from 'gaspar2 keys')")
+    serve.add_argument("--curve-authorized", default=None, metavar="DIR|FILE",
+                       help="the public .key files of the workers allowed to join")
+    serve.add_argument("--insecure-remote-workers", action="store_true",
+                       help="allow remote workers without CURVE on a non-loopback address")
+    serve.add_argument("--heartbeat", type=float, default=1.0, metavar="S",
+                       help="remote worker heartbeat; 3 missed ones mean it is gone (default 1)")
+    add_log_level(serve)
+
+    worker = commands.add_parser("worker", help="run workers for a producer on another machine")
+    worker.add_argument("target", metavar="MODULE:ATTR")
+    worker.add_argument("--connect", required=True, metavar="tcp://HOST:PORT",
+                        help="the producer's --remote-workers endpoint")
+    worker.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    worker.add_argument("--listen", default="0.0.0.0", metavar="HOST",
+                        help="the address the workers listen on for requests")
+    worker.add_argument("--advertise", default=None, metavar="HOST",
+                        help="the address the producer reaches them at (default: the route to it)")
+    worker.add_argument("--curve-secret-key", default=None, metavar="FILE",
+                        help="these workers' .key_secret")
+    worker.add_argument("--curve-server-key", default=None, metavar="FILE",
+                        help="the producer's public .key")
+    worker.add_argument("--heartbeat", type=float, default=1.0, metavar="S")
+    add_log_level(worker)
+
+    keys = commands.add_parser("keys", help="generate a CURVE key pair")
+    keys.add_argument("directory")
+    keys.add_argument("name", help="writes NAME.key (public) and NAME.key_secret")
 
     check = commands.add_parser("check", help="import a handler and run its setup(), then exit")
     check.add_argument("target", metavar="MODULE:ATTR")
@@ -84,7 +118,11 @@ def serve(args):
                         max_connections=args.max_connections, backlog=args.backlog,
                         max_requests=args.max_requests,
                         max_requests_jitter=args.max_requests_jitter,
-                        metrics=args.metrics, access_log=args.access_log)
+                        metrics=args.metrics, access_log=args.access_log,
+                        remote_workers=args.remote_workers,
+                        curve_secret_key=args.curve_secret_key,
+                        curve_authorized=args.curve_authorized,
+                        insecure_remote=args.insecure_remote_workers, heartbeat=args.heartbeat)
     try:
         producer.start()
     except RuntimeError as exc:
@@ -123,6 +161,28 @@ def check(args):
     return 0
 
 
+def worker(args):
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    try:
+        find_target(args.target)
+    except (ImportError, ValueError) as exc:
+        log.error("cannot load %s: %s", args.target, exc)
+        return 2
+    if bool(args.curve_secret_key) != bool(args.curve_server_key):
+        log.error("CURVE needs both --curve-secret-key and --curve-server-key")
+        return 2
+    return remote.serve_group(args.target, args.connect, args.workers, args.listen,
+                              args.advertise, args.curve_secret_key, args.curve_server_key,
+                              args.heartbeat)
+
+
+def keys(args):
+    public, secret = remote.generate_keys(args.directory, args.name)
+    print("public key: %s\nsecret key: %s" % (public, secret))
+    return 0
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    return {"serve": serve, "check": check, "request": request}[args.command](args)
+    commands = {"serve": serve, "check": check, "request": request, "worker": worker, "keys": keys}
+    return commands[args.command](args)

@@ -15,6 +15,8 @@ DEFAULT_MAX_MESSAGE_SIZE = 64 * 2**20
 
 # Worker -> producer message kinds (the first byte of the first frame).
 HELLO = b"H"      # fields: worker id, pid. The worker is connected both ways and ready.
+                  # A remote worker adds two frames: the endpoint it listens on, its key.
+HEARTBEAT = b"P"  # fields: worker id. A remote worker is alive.
 REPLY = b"R"      # fields: request id; frame 2 is the reply body.
 ERROR = b"E"      # fields: request id; frame 2 is the handler's traceback, UTF-8.
 GIVEBACK = b"G"   # fields: worker id, the request it is stuck on; frame 2 packs the ids

@@ -36,6 +36,7 @@ from .consumer import Consumer, as_consumer, split_spec
 from .supervisor import Supervisor
 from .forkserver import set_title
 from .observe import Observer
+from .remote import DEFAULT_HEARTBEAT, MISSED_BEATS, RemoteSink
 from .worker import Worker, prepare_process, sink_endpoint, worker_endpoint
 
 log = logging.getLogger("gaspar2")
@@ -84,7 +85,9 @@ class Producer:
                  max_message_size=framing.DEFAULT_MAX_MESSAGE_SIZE, graceful_timeout=30.0,
                  timeout=None, worker_timeout=None, read_timeout=10.0, max_connections=10000,
                  backlog=2048, max_requests=None, max_requests_jitter=0,
-                 metrics=None, access_log=False, window=8, giveback_after=0.005, name=None):
+                 metrics=None, access_log=False, remote_workers=None, curve_secret_key=None,
+                 curve_authorized=None, insecure_remote=False, heartbeat=DEFAULT_HEARTBEAT,
+                 window=8, giveback_after=0.005, name=None):
         if isinstance(consumer, str):
             split_spec(consumer)
             self.spec, self.consumer = consumer, None   # each worker imports it afresh
@@ -112,6 +115,9 @@ class Producer:
         self.ids = itertools.count(1)
         self.supervisor = Supervisor(self, self.processes, max_requests, max_requests_jitter)
         self.listener = None
+        self.remote_options = (remote_workers, curve_secret_key, curve_authorized, insecure_remote)
+        self.remote = None          # RemoteSink, when remote workers may join
+        self.heartbeat = heartbeat
         self.metrics_address = metrics
         self.access_log = access_log
         self.observer = None        # Observer when metrics or the access log are on
@@ -148,7 +154,12 @@ class Producer:
         self.sink.linger = 0
         self.sink.bind(sink_endpoint(self.ipc_dir))
         self.sink_watcher = self.loop.io(self.sink.FD, READ)
-        self.sink_watcher.start(self._on_sink)
+        self.sink_watcher.start(self._on_sink, self.sink)
+        if self.remote_options[0]:
+            self.remote = RemoteSink(self.ctx, *self.remote_options)
+            self.remote_watcher = self.loop.io(self.remote.sock.FD, READ)
+            self.remote_watcher.start(self._on_sink, self.remote.sock)
+            log.info("remote workers may join at %s", self.remote.endpoint)
         self.supervisor.attach(self.loop, self.ctx, self.ipc_dir, channel, self.fork_pid)
         for _ in range(self.processes):
             self.supervisor.spawn()
@@ -236,6 +247,9 @@ class Producer:
             self._reap_forkserver()
         if getattr(self, "sweeper", None) is not None:
             self.sweeper.stop()
+        if self.remote is not None:
+            self.remote_watcher.stop()
+            self.remote.close()
         if getattr(self, "ctx", None) is not None:
             self.sink_watcher.stop()
             self.ctx.destroy(linger=0)
@@ -301,7 +315,7 @@ class Producer:
     # -- events from the supervisor --------------------------------------------------------
 
     def worker_ready(self, worker):
-        if not self._startup.is_set() and self.supervisor.ready_count() == self.processes:
+        if not self._startup.is_set() and self.supervisor.ready_count(True) == self.processes:
             self._startup.set()
         self._schedule_dispatch()
 
@@ -309,12 +323,17 @@ class Producer:
         """A worker exited: fail the requests it ran, give the others to the rest."""
         if self.observer is not None:
             self.observer.worker_exited(kind)
-        self._on_sink()             # replies it sent before it died are not lost
+        self._on_sink(self.sink)    # replies it sent before it died are not lost
+        if self.remote is not None:
+            self._on_sink(self.remote.sock)
         if not self._startup.is_set():
             self._startup_error = "%r %s while starting" % (worker, cause)
             self._startup.set()
-        started, _ = self.supervisor.last_started(worker)
-        ran = started in worker.jobs
+        if worker.remote:      # it holds one request at most, and no slot says if it began
+            started, ran = next(iter(worker.jobs), 0), bool(worker.jobs)
+        else:
+            started, _ = self.supervisor.last_started(worker)
+            ran = started in worker.jobs
         requeue = []
         for request_id, conn in list(worker.jobs.items()):
             del self.jobs[request_id]
@@ -489,7 +508,7 @@ class Producer:
         best = None
         for worker in self.supervisor.workers.values():
             if (worker.ready and worker.stuck_on is None and not worker.retiring
-                    and len(worker.jobs) < self.window
+                    and len(worker.jobs) < (1 if worker.remote else self.window)
                     and (best is None or len(worker.jobs) < len(best.jobs))):
                 best = worker
         return best
@@ -507,11 +526,11 @@ class Producer:
                 conn.worker = None
             self.backlog.extendleft(reversed(conns))
 
-    def _on_sink(self):
+    def _on_sink(self, sink):
         """Handle everything the workers sent; ZeroMQ's FD is edge-triggered, so drain it."""
         while True:
             try:
-                frames = self.sink.recv_multipart(zmq.NOBLOCK, copy=False)
+                frames = sink.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
             head = frames[0].bytes
@@ -522,9 +541,15 @@ class Producer:
                 self._on_error(framing.KIND_ID.unpack(head)[1], frames[1])
             elif kind == framing.GIVEBACK:
                 self._on_giveback(head, frames[1])
+            elif kind == framing.HEARTBEAT:
+                self.supervisor.heard(framing.KIND_ID.unpack(head)[1], self.loop.now())
             elif kind == framing.HELLO:
                 _, worker_id, pid = framing.HELLO_FIELDS.unpack(head)
-                self.supervisor.hello(worker_id, pid)
+                if sink is self.sink:
+                    self.supervisor.hello(worker_id, pid)
+                elif len(frames) == 3:
+                    self.supervisor.hello_remote(worker_id, pid, frames[1].bytes.decode(),
+                                                 frames[2].bytes, self.remote, self.loop.now())
         self._schedule_dispatch()
 
     def _take(self, request_id):
@@ -587,10 +612,12 @@ class Producer:
                 self._fail(conn, "timeout", "no answer within %s s (timeout)", self.timeout)
         if self.worker_timeout is not None:
             self._kill_runaway_workers()
+        if self.remote is not None:
+            self.supervisor.check_remote(now, self.heartbeat, MISSED_BEATS)
 
     def _kill_runaway_workers(self):
         now = time.monotonic()
-        for worker in list(self.supervisor.workers.values()):
+        for worker in self.supervisor.local_workers():
             request_id, started = self.supervisor.last_started(worker)
             if (request_id in worker.jobs and not worker.killed
                     and now - started > self.worker_timeout):

@@ -28,7 +28,7 @@ class WorkerHandle:
     """What the producer knows of one worker process."""
 
     __slots__ = ("id", "slot", "pid", "push", "jobs", "stuck_on", "ready", "born", "assigned",
-                 "lifetime", "retiring", "killed", "generation")
+                 "lifetime", "retiring", "killed", "generation", "remote", "heard", "pinged")
 
     def __init__(self, worker_id, slot, born):
         self.id = worker_id
@@ -44,8 +44,12 @@ class WorkerHandle:
         self.retiring = False   # replaced already: takes nothing new, leaves once idle
         self.killed = False     # sent SIGKILL for running one request too long
         self.generation = 0     # workers started by a reload (SIGHUP) have a newer one
+        self.remote = False     # on another machine: no fork server, no progress slot
+        self.heard = self.pinged = born
 
     def __repr__(self):
+        if self.remote:
+            return "worker %x (remote pid %s)" % (self.id, self.pid)
         return "worker %d (pid %s)" % (self.id, self.pid)
 
 
@@ -118,12 +122,15 @@ class Supervisor:
         """(id, monotonic time) of the request this worker started last; id 0 if none."""
         return framing.PROGRESS.unpack_from(self.progress, worker.slot * framing.PROGRESS.size)
 
-    def ready_count(self):
-        return sum(1 for w in self.workers.values() if w.ready)
+    def ready_count(self, local_only=False):
+        return sum(1 for w in self.workers.values() if w.ready and not (local_only and w.remote))
+
+    def local_workers(self):
+        return [w for w in self.workers.values() if not w.remote]
 
     def serving_count(self):
-        """Workers that count towards the wanted number: all but those being replaced."""
-        return sum(1 for w in self.workers.values() if not w.retiring)
+        """Local workers that count towards the wanted number: all but those leaving."""
+        return sum(1 for w in self.local_workers() if not w.retiring)
 
     def retire(self, worker, reason):
         """Replace ``worker`` now; it finishes what it holds, then is told to leave."""
@@ -145,7 +152,7 @@ class Supervisor:
         if delta > 0:
             self._schedule_respawn()
             return
-        serving = [w for w in self.workers.values() if not w.retiring]
+        serving = [w for w in self.local_workers() if not w.retiring]
         if len(serving) > self.size:
             self.retire(min(serving, key=lambda w: (w.ready, len(w.jobs))), "is one too many")
 
@@ -157,7 +164,7 @@ class Supervisor:
             self.spawn()
 
     def _replace_one_old(self):
-        for worker in self.workers.values():
+        for worker in self.local_workers():
             if worker.generation < self.generation and not worker.retiring:
                 self.retire(worker, "is replaced by a fresh one (reload)")
                 return
@@ -187,6 +194,42 @@ class Supervisor:
         if worker.generation == self.generation:
             self._replace_one_old()
         self.producer.worker_ready(worker)
+
+    # -- remote workers ----------------------------------------------------------------------
+
+    def hello_remote(self, worker_id, pid, endpoint, key, remote_sink, now):
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.heard = now          # it said HELLO again: it had not heard from us
+            return
+        worker = WorkerHandle(worker_id, None, now)
+        worker.remote = True
+        worker.pid = pid
+        worker.push = remote_sink.connect_worker(self.ctx, endpoint, key)
+        worker.ready = True
+        self.workers[worker_id] = worker
+        log.info("remote %r joined from %s", worker, endpoint)
+        self.producer.worker_ready(worker)
+
+    def heard(self, worker_id, now):
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            worker.heard = now
+
+    def check_remote(self, now, heartbeat, missed):
+        """Ping remote workers; drop those silent for ``missed`` heartbeats."""
+        for worker in [w for w in self.workers.values() if w.remote]:
+            if now - worker.heard > missed * heartbeat:
+                del self.workers[worker.id]
+                cause = "missed %d heartbeats (%.1f s)" % (missed, now - worker.heard)
+                self.producer.worker_lost(worker, cause, "heartbeat")
+                worker.push.close()
+            elif now - worker.pinged >= heartbeat:
+                worker.pinged = now
+                try:
+                    worker.push.send(framing.pack_ids([]), zmq.NOBLOCK)
+                except zmq.Again:
+                    pass
 
     def _on_channel(self):
         try:

@@ -58,6 +58,7 @@ class Worker:
         self.started = 0.0
         self.stuck_on = None            # the request the producer was told is slow
         self.stopping = False
+        self.contact = 0.0              # when the producer was last heard from
 
     def run(self):
         """Serve until told to stop or orphaned; returns the exit status."""
@@ -120,6 +121,7 @@ class Worker:
                 frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 return
+            self.contact = time.monotonic()
             ids = framing.unpack_ids(frames[0].bytes)
             self.queue.extend(zip(ids, frames[1:]))
 
