@@ -184,10 +184,9 @@ def serve_group(spec, connect, workers, listen_host, advertise_host, secret_key_
     if advertise_host is None:
         advertise_host = route_address(connect)
     leader = os.getpid()
-    stopping = []
 
     def stop(signum, frame):
-        stopping.append(signum)
+        raise GroupStop
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -203,24 +202,25 @@ def serve_group(spec, connect, workers, listen_host, advertise_host, secret_key_
             os._exit(worker.run())
         children[pid] = n
 
-    for n in range(1, workers + 1):
-        spawn(n)
-    log.info("%d remote workers for %s joining %s", workers, spec, connect)
-    delay = 0.1
-    while not stopping:
-        try:
+    try:
+        for n in range(1, workers + 1):
+            spawn(n)
+        log.info("%d remote workers for %s joining %s", workers, spec, connect)
+        delay = 0.1
+        while True:
             pid, status = os.wait()
-        except ChildProcessError:
-            break
-        except InterruptedError:
-            continue
-        n = children.pop(pid, None)
-        if n is None or stopping:
-            continue
-        log.warning("remote worker %d (pid %d) exited (status %d): starting another", n, pid, status)
-        time.sleep(delay)       # a worker that keeps failing is not re-forked in a loop
-        delay = min(delay * 2, 10.0)
-        spawn(n)
+            n = children.pop(pid, None)
+            if n is None:
+                continue
+            log.warning("remote worker %d (pid %d) exited (status %d): starting another",
+                        n, pid, status)
+            time.sleep(delay)       # a worker that keeps failing is not re-forked in a loop
+            delay = min(delay * 2, 10.0)
+            spawn(n)
+    except (GroupStop, ChildProcessError):
+        pass
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     for pid in children:
         os.kill(pid, signal.SIGTERM)
     for _ in list(children):
@@ -229,6 +229,10 @@ def serve_group(spec, connect, workers, listen_host, advertise_host, secret_key_
         except ChildProcessError:
             break
     return 0
+
+
+class GroupStop(Exception):
+    """TERM or INT reached the worker group's leader."""
 
 
 def route_address(endpoint):
