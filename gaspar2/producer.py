@@ -224,8 +224,12 @@ class Producer:
         log.info("stopped")
 
     def _stop_accepting(self):
+        """Close the listener, taking in first the connections the kernel already completed:
+        their clients have sent their requests, and closing would reset them."""
         if self.listener is not None:
             self._pause_accepting()
+            while self._accept_one():
+                pass
             self.listener.close()
             self.listener = None
 
@@ -364,20 +368,26 @@ class Producer:
             if len(self.conns) >= self.max_connections:
                 self._pause_accepting()     # the rest wait in the kernel's listen queue
                 return
-            try:
-                fd, peer = self.listener._accept()
-            except BlockingIOError:
+            if not self._accept_one():
                 return
-            except OSError as exc:
-                self._accept_failed(exc)
-                return
-            # Naming the family spares three getsockopt calls; every read and write passes
-            # MSG_DONTWAIT, which spares making the socket non-blocking.
-            sock = _socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
-            conn = Connection(sock, peer, self.max_message_size, self.loop.now())
-            self.conns.add(conn)
-            self.accepted += 1
-            self._on_readable(conn)     # the frame often arrives with the handshake
+
+    def _accept_one(self):
+        """Accept one connection and read what it sent; False when there is none."""
+        try:
+            fd, peer = self.listener._accept()
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            self._accept_failed(exc)
+            return False
+        # Naming the family spares three getsockopt calls; every read and write passes
+        # MSG_DONTWAIT, which spares making the socket non-blocking.
+        sock = _socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+        conn = Connection(sock, peer, self.max_message_size, self.loop.now())
+        self.conns.add(conn)
+        self.accepted += 1
+        self._on_readable(conn)     # the frame often arrives with the handshake
+        return True
 
     def _accept_failed(self, exc):
         if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
