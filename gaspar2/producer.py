@@ -146,7 +146,7 @@ class Producer:
     def _open(self):
         self.loop = gevent.get_hub().loop
         raise_open_file_limit(self.max_connections)
-        self.ipc_dir = tempfile.mkdtemp(prefix="gaspar2-")
+        self.ipc_dir = make_ipc_dir()
         # Fork the fork server first: no listener and no ZeroMQ context exist yet.
         self.fork_pid, channel = forkserver.start(self._run_worker, "gaspar2 forkserver %s" % self.name)
         self.ctx = zmq.Context()
@@ -635,6 +635,22 @@ class Producer:
                             worker, now - started, self.worker_timeout)
                 worker.killed = True
                 self.supervisor.kill(worker, signal.SIGKILL)
+
+
+def make_ipc_dir():
+    """A private directory for the ipc sockets, named after this process; directories
+    left by producers that were killed are removed."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        parts = name.split("-")
+        if len(parts) == 3 and parts[0] == "gaspar2" and parts[1].isdigit():
+            try:
+                os.kill(int(parts[1]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            except PermissionError:
+                pass
+    return tempfile.mkdtemp(prefix="gaspar2-%d-" % os.getpid())
 
 
 def describe(consumer):
