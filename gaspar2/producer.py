@@ -447,29 +447,23 @@ class Producer:
 
     def _finish(self, conn):
         """Reply written: close in order (FIN)."""
-        if self.observer is not None:
-            self.observer.request_done(conn, "ok", self.loop.now())
-        if conn.watcher is not None:
-            conn.watcher.close()
-        try:
-            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, FIN_ON_CLOSE)
-        except OSError:
-            pass
-        conn.sock.close()
-        self._forget(conn)
+        self._close_conn(conn, "ok", FIN_ON_CLOSE)
 
     def _fail(self, conn, outcome, reason, *args):
         """Log why, then abort the connection so the client sees a reset, not a reply."""
         if conn not in self.conns:
             return
-        if self.observer is not None:
-            self.observer.request_done(conn, outcome, self.loop.now())
         quiet = args and str(args[0]).startswith("closed after 0 of 4")   # a port probe
         log.log(logging.INFO if quiet else logging.WARNING, "%s: " + reason, conn, *args)
+        self._close_conn(conn, outcome, RESET_ON_CLOSE)
+
+    def _close_conn(self, conn, outcome, linger):
+        if self.observer is not None:
+            self.observer.request_done(conn, outcome, self.loop.now())
         if conn.watcher is not None:
             conn.watcher.close()
         try:
-            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
+            conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
         except OSError:
             pass
         conn.sock.close()
