@@ -1,0 +1,96 @@
+"""Pieces shared by the benchmark servers, the runner and the soak test."""
+
+import argparse
+import importlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+BUILD = os.path.join(HERE, "build")
+READY = re.compile(r"serving\b.* on ([0-9.]+):([0-9]+)")
+
+
+def load_handler(spec):
+    """``MODULE:ATTR`` -> the callable, the way every server here finds the same handler."""
+    module, _, attr = spec.partition(":")
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+    return getattr(importlib.import_module(module), attr)
+
+
+def server_args(description, workers=False):
+    """The command line every Python baseline server takes."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("target", metavar="MODULE:ATTR")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--backlog", type=int, default=2048)
+    if workers:
+        parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    return parser.parse_args()
+
+
+def announce(name, host, port):
+    """The readiness line the runner waits for (the same shape as gaspar2's log line)."""
+    print("%s serving on %s:%d" % (name, host, port), file=sys.stderr, flush=True)
+
+
+def build(names=("loadgen", "c_echo_server"), out=BUILD):
+    """Compile the C programs with ``cc -O2``; skipped for a binary newer than its source."""
+    os.makedirs(out, exist_ok=True)
+    for name in names:
+        source, binary = os.path.join(HERE, name + ".c"), os.path.join(out, name)
+        if os.path.exists(binary) and os.path.getmtime(binary) >= os.path.getmtime(source):
+            continue
+        subprocess.run(["cc", "-O2", "-Wall", "-o", binary, source], check=True)
+    return out
+
+
+class Server:
+    """A server process started in its own session, its stderr in a log file.
+
+    Ready means its log shows the "serving ... on HOST:PORT" line; the port comes from there.
+    """
+
+    def __init__(self, cmd, log_path, ready_timeout=60.0):
+        self.cmd, self.log_path = cmd, log_path
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+        with open(log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.port = self._wait_ready(ready_timeout)
+
+    def _wait_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.log_path, "rb") as f:
+                match = READY.search(f.read().decode(errors="replace"))
+            if match:
+                return int(match.group(2))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("%s did not become ready; see %s" % (" ".join(self.cmd), self.log_path))
+
+    def stop(self, timeout=30.0):
+        """SIGTERM, then SIGKILL to its process group if it has not exited by the deadline."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()

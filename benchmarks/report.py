@@ -1,0 +1,102 @@
+"""The ratios gaspar2 is judged by, and the text report of a run's results."""
+
+SERVER_ORDER = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "gaspar2")
+
+# (label, numerator point, denominator point, which way is better, goal)
+# A point is (workload, server, key) in the table of medians.
+RATIOS = [
+    ("echo 100 B c=32 req/s, gaspar2 / gevent-inline",
+     ("echo-100B-c32", "gaspar2", "rps"), ("echo-100B-c32", "gevent-inline", "rps"), "higher", 0.6),
+    ("echo 100 B c=32 req/s, gaspar2 / asyncio-ppe",
+     ("echo-100B-c32", "gaspar2", "rps"), ("echo-100B-c32", "asyncio-ppe", "rps"), "higher", 3.0),
+    ("echo 100 B c=1 p50, gaspar2 / gevent-inline",
+     ("echo-100B-c1", "gaspar2", "p50_ms"), ("echo-100B-c1", "gevent-inline", "p50_ms"), "lower", 2.0),
+    ("echo 1 MiB c=4 MB/s, gaspar2 / gevent-inline",
+     ("echo-1MiB-c4", "gaspar2", "mb_per_s"), ("echo-1MiB-c4", "gevent-inline", "mb_per_s"), "higher", 0.5),
+    ("sha256 1 ms calls/s, gaspar2 / plain-processes",
+     ("sha-1ms-c32", "gaspar2", "rps"), ("sha-1ms-c32", "plain-processes", "rps"), "higher", 0.75),
+    ("sha256 10 ms calls/s, gaspar2 / plain-processes",
+     ("sha-10ms-c32", "gaspar2", "rps"), ("sha-10ms-c32", "plain-processes", "rps"), "higher", 0.9),
+    ("sha256 1 ms calls/s, gaspar2 / asyncio-ppe",
+     ("sha-1ms-c32", "gaspar2", "rps"), ("sha-1ms-c32", "asyncio-ppe", "rps"), "higher", 1.0),
+    ("sha256 10 ms calls/s, gaspar2 / asyncio-ppe",
+     ("sha-10ms-c32", "gaspar2", "rps"), ("sha-10ms-c32", "asyncio-ppe", "rps"), "higher", 1.0),
+    ("quick p99 with 200 ms jobs / alone, gaspar2",
+     ("mixed-c32", "gaspar2", "p99_ms"), ("quick-c32", "gaspar2", "p99_ms"), "lower", 3.0),
+]
+HEADROOM_GOAL = 1.2        # the load generator must not be what limits gaspar2
+
+
+def get(table, workload, server, key):
+    row = table.get((workload, server))
+    if not row or "error" in row:
+        return None
+    return row.get(key)
+
+
+def judged(name, value, better, goal):
+    met = None if value is None else (value >= goal if better == "higher" else value <= goal)
+    return {"name": name, "value": value, "better": better, "goal": goal, "met": met}
+
+
+def target_ratios(table):
+    """Each ratio as {"name", "value", "better", "goal", "met"}; value None if a point is missing."""
+    out = []
+    for name, top, bottom, better, goal in RATIOS:
+        a, b = get(table, *top), get(table, *bottom)
+        out.append(judged(name, a / b if a is not None and b else None, better, goal))
+    row = table.get(("echo-100B-c256", "gaspar2"))
+    failures = None
+    if row and "error" not in row:
+        failures = row["errors"] + row["kernel"]["ListenOverflows"]
+    out.append(judged("echo 100 B c=256, gaspar2 errors + listen overflows", failures, "lower", 0))
+    out.append(judged("load generator: C echo server's best / gaspar2's best req/s",
+                      headroom(table), "higher", HEADROOM_GOAL))
+    return out
+
+
+def headroom(table):
+    """The load generator's best figure (against the C server) over gaspar2's best, echo 100 B."""
+    def best(server):
+        values = [get(table, "echo-100B-c%d" % c, server, "rps") for c in (1, 32, 256)]
+        values = [v for v in values if v is not None]
+        return max(values) if values else None
+    c, g = best("c-echo"), best("gaspar2")
+    return c / g if c is not None and g else None
+
+
+def point_line(p):
+    head = "%-15s %-15s" % (p["workload"], p["server"])
+    if "error" in p:
+        return head + " FAILED: " + p["error"][:100]
+    if "p50_ms" not in p:
+        return head + " %10.0f  (calls/s of W plain processes, no networking)" % p["rps"]
+    k = p["kernel"]
+    return head + " %10.0f %9.1f %8.3f %8.3f %8.3f %8.1f %6d %5d %5d %5d %6d %5.0f%%" % (
+        p["rps"], p["mb_per_s"], p["p50_ms"], p["p90_ms"], p["p99_ms"], p["max_ms"], p["errors"],
+        k["ListenOverflows"], k["ListenDrops"], k["TCPTimeouts"], k["RetransSegs"], 100 * p["loadgen_cpu"])
+
+
+def format_report(results):
+    m, s = results["machine"], results["settings"]
+    lines = ["%d CPUs, W=%d, %d round(s) of %.0f s points after %.1f s warm-up; medians; commit %s" % (
+        m["cpus"], s["workers"], s["rounds"], s["duration"], s["warmup"], m["commit"]), ""]
+    lines.append("%-15s %-15s %10s %9s %8s %8s %8s %8s %6s %5s %5s %5s %6s %6s" % (
+        "workload", "server", "req/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
+        "ovfl", "drops", "tmo", "rexmit", "lg cpu"))
+    order = {w["name"]: i for i, w in enumerate(results["workloads"])}
+    points = sorted(results["points"], key=lambda p: (order[p["workload"]], SERVER_ORDER.index(p["server"])))
+    lines += [point_line(p) for p in points]
+    slow = [p for p in points if "slow_p99_ms" in p]
+    if slow:
+        lines.append("")
+        lines += ["%-15s %-15s 200 ms requests: %d, p50 %.1f ms, p99 %.1f ms" % (
+            p["workload"], p["server"], p["slow_count"], p["slow_p50_ms"], p["slow_p99_ms"]) for p in slow]
+    lines += ["", "sha256_chain rounds: " + ", ".join(
+        "%s %d" % (name, c["rounds"]) for name, c in results["calibration"].items()), ""]
+    for r in results["ratios"]:
+        value = "n/a" if r["value"] is None else "%.3f" % r["value"]
+        verdict = {None: "", True: "met", False: "MISSED"}[r["met"]]
+        lines.append("%-62s %8s  (goal %s %s)  %s" % (
+            r["name"], value, ">=" if r["better"] == "higher" else "<=", r["goal"], verdict))
+    return "\n".join(lines)

@@ -1,0 +1,310 @@
+"""gaspar2 against its baselines, in one run on this machine.
+
+    python benchmarks/run.py [--quick] [--rounds 3] [--duration 4] [--warmup 1]
+                             [--only SERVER/WORKLOAD ...] [--out benchmarks/results]
+
+Builds the C load generator and echo server, then runs every (workload, server) point once
+per round. Within a round the servers run one after another, one at a time, each started
+fresh; their order rotates from round to round. Prints the medians over the rounds, the
+ratios gaspar2 is judged by, and the kernel's listen-queue and retransmission counters
+around each point; writes OUT/results.json, OUT/results.txt, OUT/chart.png and the
+servers' logs in OUT/logs/.
+"""
+
+import argparse
+import fnmatch
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+from common import BUILD, HERE, ROOT, Server, build, load_handler
+from report import format_report, target_ratios
+
+SERVERS = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "gaspar2")
+ECHO, SHA, SLEEP = "gaspar2.examples:echo", "gaspar2.examples:sha256_chain", "gaspar2.examples:sleep"
+NET = ("gevent-inline", "asyncio-ppe", "gaspar2")
+KERNEL_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPTimeouts", "RetransSegs")
+
+
+class Workload:
+    """One kind of load: a handler, a concurrency, the load generator's payload options."""
+
+    def __init__(self, name, handler, conc, servers, loadgen_args, message=None):
+        self.name, self.handler, self.conc, self.servers = name, handler, conc, servers
+        self.loadgen_args, self.message = loadgen_args, message
+
+
+def calibrate(seconds):
+    """Rounds of sha256_chain that take about ``seconds`` per call in this process."""
+    chain = load_handler(SHA)
+
+    def timed(rounds):
+        began = time.perf_counter()
+        chain(b"%d" % rounds)
+        return time.perf_counter() - began
+
+    rounds = 1000
+    for _ in range(20):              # until one call is long enough to time well
+        if timed(rounds) >= 0.02:
+            break
+        rounds *= 2
+    per_round = statistics.median(timed(rounds) for _ in range(5)) / rounds
+    return max(1, round(seconds / per_round))
+
+
+def make_workloads(files):
+    """The workloads, with sha256_chain calibrated now; ``files`` is where payloads go."""
+    def write(name, data):
+        path = os.path.join(files, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    echo_servers = ("c-echo",) + NET
+    points = [Workload("echo-100B-c%d" % c, ECHO, c, echo_servers, ["-s", "100"]) for c in (1, 32, 256)]
+    points.append(Workload("echo-1MiB-c4", ECHO, 4, echo_servers, ["-s", str(1 << 20)]))
+    calibration = {}
+    chain = load_handler(SHA)
+    for ms in (1, 10):
+        rounds = calibrate(ms / 1000)
+        message = b"%d" % rounds
+        name = "sha-%dms-c32" % ms
+        calibration[name] = rounds
+        points.append(Workload(name, SHA, 32, NET + ("plain-processes",),
+                               ["-f", write(name + ".in", message), "-e", write(name + ".out", chain(message))],
+                               message=message.decode()))
+    quick, slow = write("quick.in", b"0"), write("slow.in", b"0.2")
+    points.append(Workload("quick-c32", SLEEP, 32, NET, ["-f", quick]))
+    points.append(Workload("mixed-c32", SLEEP, 32, NET, ["-f", quick, "-S", slow, "-k", "100"]))
+    return points, calibration
+
+
+def selected(patterns, server, workload):
+    """--only: SERVER/WORKLOAD glob patterns; a pattern without '/' matches either."""
+    if not patterns:
+        return True
+    for p in patterns:
+        s, _, w = p.partition("/") if "/" in p else (p, "", None)
+        if w is None and (fnmatch.fnmatch(server, s) or fnmatch.fnmatch(workload, s)):
+            return True
+        if w is not None and fnmatch.fnmatch(server, s) and fnmatch.fnmatch(workload, w):
+            return True
+    return False
+
+
+def server_command(server, handler, workers):
+    py = sys.executable
+    return {
+        "c-echo": [os.path.join(BUILD, "c_echo_server"), "--port", "0"],
+        "gevent-inline": [py, os.path.join(HERE, "gevent_inline.py"), handler, "--port", "0"],
+        "asyncio-ppe": [py, os.path.join(HERE, "asyncio_ppe.py"), handler, "--port", "0",
+                        "--workers", str(workers)],
+        "gaspar2": [py, "-m", "gaspar2", "serve", handler, "--port", "0", "--workers", str(workers)],
+    }[server]
+
+
+def kernel_counters():
+    """The TcpExt (/proc/net/netstat) and Tcp (/proc/net/snmp) counters that betray trouble."""
+    found = {}
+    for path in ("/proc/net/netstat", "/proc/net/snmp"):
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for names, values in zip(lines[::2], lines[1::2]):
+            for name, value in zip(names.split()[1:], values.split()[1:]):
+                if name in KERNEL_COUNTERS:
+                    found[name] = int(value)
+    return found
+
+
+def run_loadgen(workload, port, args):
+    before = kernel_counters()
+    cmd = [os.path.join(BUILD, "loadgen"), "-p", str(port), "-c", str(workload.conc),
+           "-d", str(args.duration), "-w", str(args.warmup), "-t", "10"] + workload.loadgen_args
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
+                         timeout=args.warmup + args.duration + 60).stdout
+    after = kernel_counters()
+    result = json.loads(out)
+    result["kernel"] = {k: after[k] - before.get(k, 0) for k in after}
+    return result
+
+
+def run_plain(workload, args):
+    cmd = [sys.executable, os.path.join(HERE, "plain_processes.py"), workload.handler,
+           "--message", workload.message, "--workers", str(args.workers),
+           "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT,
+                         timeout=args.warmup + args.duration + 120).stdout
+    return json.loads(out)
+
+
+def measure(server, workload, port, args):
+    """One point; a failure becomes an {"error": ...} result, so the run goes on."""
+    try:
+        if server == "plain-processes":
+            return run_plain(workload, args)
+        return run_loadgen(workload, port, args)
+    except subprocess.CalledProcessError as exc:
+        return {"error": "exit %s: %s" % (exc.returncode, (exc.stderr or "").strip()[-300:])}
+    except (subprocess.TimeoutExpired, ValueError) as exc:
+        return {"error": str(exc)[:300]}
+
+
+def run_server(server, handler, points, round_no, args, raw):
+    """Start one server, run its points of this round, stop it."""
+    if server == "plain-processes":
+        for w in points:
+            raw[w.name, server].append(measure(server, w, None, args))
+            progress(round_no, args, server, w, raw[w.name, server][-1])
+        return
+    log = os.path.join(args.out, "logs", "%s-%s-r%d.log" % (server, handler.split(":")[1], round_no + 1))
+    try:
+        proc = Server(server_command(server, handler, args.workers), log)
+    except (RuntimeError, OSError) as exc:
+        for w in points:
+            raw[w.name, server].append({"error": str(exc)})
+            progress(round_no, args, server, w, raw[w.name, server][-1])
+        return
+    with proc:
+        for w in points:
+            alive = proc.proc.poll() is None
+            result = measure(server, w, proc.port, args) if alive else {"error": "server exited; see %s" % log}
+            raw[w.name, server].append(result)
+            progress(round_no, args, server, w, result)
+
+
+def progress(round_no, args, server, workload, result):
+    if "error" in result:
+        text = "FAILED: %s" % result["error"]
+    else:
+        text = "%.0f req/s" % result["rps"]
+        if "latency" in result:
+            errors = sum(result["errors"].values())
+            text += ", p99 %.2f ms, %d errors" % (result["latency"]["p99_ms"], errors)
+    print("[round %d/%d] %-15s %-15s %s" % (round_no + 1, args.rounds, server, workload.name, text),
+          file=sys.stderr, flush=True)
+
+
+def run_rounds(points, args):
+    """Every server once per round; one server at a time; the order rotates each round."""
+    raw = {(w.name, s): [] for w in points for s in w.servers if selected(args.only, s, w.name)}
+    handlers = list(dict.fromkeys(w.handler for w in points))
+    for round_no in range(args.rounds):
+        for handler in handlers:
+            group = [w for w in points if w.handler == handler]
+            servers = [s for s in SERVERS if any((w.name, s) in raw for w in group)]
+            shift = round_no % len(servers) if servers else 0
+            for server in servers[shift:] + servers[:shift]:
+                mine = [w for w in group if (w.name, server) in raw]
+                run_server(server, handler, mine, round_no, args, raw)
+    return raw
+
+
+def summarize(runs):
+    """Medians over the rounds that succeeded; error and kernel counts summed over all."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"error": runs[-1]["error"] if runs else "not run"}
+
+    def med(get):
+        return statistics.median(get(r) for r in ok)
+
+    row = {"rounds_ok": len(ok), "rounds": len(runs), "rps": med(lambda r: r["rps"])}
+    if "latency" not in ok[0]:
+        return row
+    row.update({k: med(lambda r, k=k: r["latency"][k]) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")})
+    row["mb_per_s"] = med(lambda r: r["mb_per_s"])
+    row["loadgen_cpu"] = med(lambda r: r["loadgen_cpu"])
+    row["error_kinds"] = {k: sum(r["errors"][k] for r in ok) for k in ok[0]["errors"]}
+    row["errors"] = sum(row["error_kinds"].values())
+    row["kernel"] = {k: sum(r["kernel"].get(k, 0) for r in ok) for k in KERNEL_COUNTERS}
+    if "slow_latency" in ok[0]:
+        row["slow_p50_ms"] = med(lambda r: r["slow_latency"]["p50_ms"])
+        row["slow_p99_ms"] = med(lambda r: r["slow_latency"]["p99_ms"])
+        row["slow_count"] = sum(r["slow_latency"]["count"] for r in ok)
+    return row
+
+
+def machine():
+    def read(path):
+        try:
+            with open(path) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip()
+    return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+            "somaxconn": read("/proc/sys/net/core/somaxconn"), "commit": commit or None,
+            "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per point (default 4)")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring (default 1)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="W (default: CPUs)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 1 round of 1 s points")
+    parser.add_argument("--only", action="append", default=[], metavar="SERVER/WORKLOAD",
+                        help="glob patterns, e.g. 'gaspar2/*', '*/echo-*', 'gevent-inline' (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the workloads and servers, then exit")
+    parser.add_argument("--out", default=os.path.join(HERE, "results"))
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.duration, args.warmup = 1, 1.0, 0.5
+    args.out = os.path.abspath(args.out)
+    return args
+
+
+def save(args, results, text):
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    with open(os.path.join(args.out, "results.txt"), "w") as f:
+        f.write(text + "\n")
+    try:
+        from chart import draw
+        draw(results, os.path.join(args.out, "chart.png"))
+    except ImportError as exc:
+        print("no chart (%s): pip install matplotlib" % exc, file=sys.stderr)
+
+
+def main():
+    args = parse_args()
+    os.makedirs(os.path.join(args.out, "logs"), exist_ok=True)
+    build()
+    os.makedirs(os.path.join(BUILD, "payloads"), exist_ok=True)
+    points, calibration = make_workloads(os.path.join(BUILD, "payloads"))
+    if args.list:
+        for w in points:
+            print("%-15s %s" % (w.name, " ".join(w.servers)))
+        return 0
+    began = time.monotonic()
+    raw = run_rounds(points, args)
+    table = {key: summarize(runs) for key, runs in raw.items()}
+    ratios = target_ratios(table)
+    results = {
+        "machine": machine(), "elapsed_s": round(time.monotonic() - began, 1),
+        "settings": {k: getattr(args, k) for k in ("rounds", "duration", "warmup", "workers", "only")},
+        "calibration": {name: {"rounds": r} for name, r in calibration.items()},
+        "workloads": [{"name": w.name, "handler": w.handler, "concurrency": w.conc} for w in points],
+        "points": [dict(workload=w, server=s, **row) for (w, s), row in table.items()],
+        "ratios": ratios,
+        "runs": [{"workload": w, "server": s, "results": runs} for (w, s), runs in raw.items()],
+    }
+    text = format_report(results)
+    print(text)
+    save(args, results, text)
+    print("results in %s (%.0f s)" % (args.out, results["elapsed_s"]), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

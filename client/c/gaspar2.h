@@ -1,0 +1,44 @@
+/*
+ * gaspar2 client for C: one request per connection.
+ *
+ * The request is a 4-byte big-endian length and the payload; the reply is everything the
+ * server writes before closing. A failed request is a TCP reset, never an empty reply.
+ */
+#ifndef GASPAR2_H
+#define GASPAR2_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Results of gaspar2_request(): 0 on success, one of these on failure. */
+enum {
+    GASPAR2_OK = 0,
+    GASPAR2_ERESET = -1,    /* the server reset the connection: the request failed there */
+    GASPAR2_EREFUSED = -2,  /* nothing listens at host:port */
+    GASPAR2_ETIMEOUT = -3,  /* no complete reply within timeout_ms */
+    GASPAR2_ERESOLVE = -4,  /* host or port cannot be resolved */
+    GASPAR2_ESYSTEM = -5,   /* any other socket or memory error: errno says which */
+    GASPAR2_ETOOBIG = -6    /* message longer than the 4-byte length can say */
+};
+
+/*
+ * Send msg (len bytes, any content) to the server at host:port and wait for the reply.
+ * On success returns 0 and sets *reply to a malloc'ed buffer of *reply_len bytes (plus a
+ * terminating NUL that is not counted), which the caller frees; an empty reply is a
+ * success too. On failure returns a negative GASPAR2_E* and sets *reply to NULL.
+ * timeout_ms bounds the whole request; 0 or less means no limit.
+ */
+int gaspar2_request(const char *host, const char *port, const void *msg, size_t len,
+                    unsigned char **reply, size_t *reply_len, int timeout_ms);
+
+/* A short English description of a gaspar2_request() result. */
+const char *gaspar2_strerror(int result);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
