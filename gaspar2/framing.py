@@ -9,6 +9,8 @@ Worker -> producer, on the sink: [kind + fields, body?] with ``kind`` one of the
 import socket
 import struct
 
+import zmq
+
 HEADER = struct.Struct("!I")
 MAX_LENGTH = 2**32 - 1
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 2**20
@@ -21,6 +23,10 @@ REPLY = b"R"      # fields: request id; frame 2 is the reply body.
 ERROR = b"E"      # fields: request id; frame 2 is the handler's traceback, UTF-8.
 GIVEBACK = b"G"   # fields: worker id, the request it is stuck on; frame 2 packs the ids
                   # of the requests it holds and will not run (none: it only says so).
+
+# Plain ints: pyzmq's enum flags cost a Python-level operation on every call.
+SNDMORE, NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 KIND_ID = struct.Struct("!cQ")
 HELLO_FIELDS = struct.Struct("!cQI")
@@ -41,6 +47,25 @@ def pack(message):
     if len(message) > MAX_LENGTH:
         raise ValueError("message of %d bytes does not fit a 4-byte length" % len(message))
     return HEADER.pack(len(message)) + bytes(message)
+
+
+def recv_frames(sock, flags=0):
+    """One multipart ZeroMQ message as zmq.Frame objects (recv_multipart without the
+    per-part option lookups)."""
+    frame = sock.recv(flags, copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = sock.recv(flags, copy=False)
+        frames.append(frame)
+    return frames
+
+
+def send_frames(sock, frames, flags=0, copy=True):
+    """send_multipart with plain int flags. ZeroMQ takes or refuses a message whole on its
+    first part, so only that one can raise zmq.Again."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        sock.send(frame, flags | SNDMORE if i < last else flags, copy=copy)
 
 
 def pack_ids(ids):

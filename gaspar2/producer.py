@@ -230,6 +230,7 @@ class Producer:
             self._pause_accepting()
             while self._accept_one():
                 pass
+            self._schedule_dispatch()
             self.listener.close()
             self.listener = None
 
@@ -367,9 +368,10 @@ class Producer:
         for _ in range(ACCEPTS_PER_WAKEUP):
             if len(self.conns) >= self.max_connections:
                 self._pause_accepting()     # the rest wait in the kernel's listen queue
-                return
+                break
             if not self._accept_one():
-                return
+                break
+        self._dispatch()        # what this wake-up read goes out together, now
 
     def _accept_one(self):
         """Accept one connection and read what it sent; False when there is none."""
@@ -386,7 +388,7 @@ class Producer:
         conn = Connection(sock, peer, self.max_message_size, self.loop.now())
         self.conns.add(conn)
         self.accepted += 1
-        self._on_readable(conn)     # the frame often arrives with the handshake
+        self._read(conn)            # the frame often arrives with the handshake
         return True
 
     def _accept_failed(self, exc):
@@ -400,21 +402,26 @@ class Producer:
             log.error("accept failed: %s", exc)
 
     def _on_readable(self, conn):
+        if self._read(conn):
+            self._schedule_dispatch()
+
+    def _read(self, conn):
+        """Read what the client sent; True once its request joined the backlog."""
         try:
             complete = conn.reader.read_from(conn.sock)
         except BlockingIOError:
             complete = False
         except framing.FrameError as exc:
             self._fail(conn, "bad_frame", "bad frame: %s", exc)
-            return
+            return False
         except OSError as exc:
             self._fail(conn, "bad_frame", "read failed: %s", exc)
-            return
+            return False
         if not complete:
             if conn.watcher is None:
                 conn.watcher = self.loop.io(conn.sock.fileno(), READ)
                 conn.watcher.start(self._on_readable, conn)
-            return
+            return False
         if conn.watcher is not None:
             conn.watcher.stop()
         conn.payload = conn.reader.payload
@@ -422,7 +429,7 @@ class Producer:
         conn.since = self.loop.now()
         conn.request_id = next(self.ids)
         self.backlog.append(conn)
-        self._schedule_dispatch()
+        return True
 
     def _write(self, conn, view):
         try:
@@ -482,7 +489,8 @@ class Producer:
     # -- dispatch and replies --------------------------------------------------------------
 
     def _schedule_dispatch(self):
-        """Dispatch once per loop iteration, so requests read together go out together."""
+        """Dispatch at the end of this loop iteration, so that requests read by several
+        watchers go out together."""
         if not self._dispatch_pending and self.backlog:
             self._dispatch_pending = True
             self.loop.run_callback(self._dispatch)
@@ -492,7 +500,7 @@ class Producer:
         backlog = self.backlog
         batches = {}
         while backlog:
-            worker = self._least_loaded()
+            worker = self._least_loaded(batches)
             if worker is None:
                 break
             conn = backlog.popleft()
@@ -508,12 +516,17 @@ class Producer:
             if worker.lifetime is not None and worker.assigned >= worker.lifetime:
                 self.supervisor.retire(worker, "took %d requests (max_requests)" % worker.assigned)
 
-    def _least_loaded(self):
+    def _least_loaded(self, batches):
+        """The free worker holding the fewest requests. A worker is refilled only once it
+        is down to half its window, so that under load it takes several requests per
+        message instead of one per reply."""
         best = None
         for worker in self.supervisor.workers.values():
+            held = len(worker.jobs)
+            window = 1 if worker.remote else self.window
             if (worker.ready and worker.stuck_on is None and not worker.retiring
-                    and len(worker.jobs) < (1 if worker.remote else self.window)
-                    and (best is None or len(worker.jobs) < len(best.jobs))):
+                    and held < window and (worker in batches or held <= window // 2)
+                    and (best is None or held < len(best.jobs))):
                 best = worker
         return best
 
@@ -522,7 +535,7 @@ class Producer:
         frames.extend(conn.payload for conn in conns)
         small = sum(len(conn.payload) for conn in conns) < ZERO_COPY_MIN
         try:
-            worker.push.send_multipart(frames, zmq.NOBLOCK, copy=small)
+            framing.send_frames(worker.push, frames, framing.NOBLOCK, copy=small)
         except zmq.Again:
             log.error("%r cannot take requests (its queue is full): requeued", worker)
             for conn in conns:
@@ -532,11 +545,8 @@ class Producer:
 
     def _on_sink(self, sink):
         """Handle everything the workers sent; ZeroMQ's FD is edge-triggered, so drain it."""
-        while True:
-            try:
-                frames = sink.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                break
+        while sink.getsockopt(framing.EVENTS) & framing.POLLIN:
+            frames = framing.recv_frames(sink, framing.NOBLOCK)
             head = frames[0].bytes
             kind = head[:1]
             if kind == framing.REPLY:
@@ -554,7 +564,7 @@ class Producer:
                 elif len(frames) == 3:
                     self.supervisor.hello_remote(worker_id, pid, frames[1].bytes.decode(),
                                                  frames[2].bytes, self.remote, self.loop.now())
-        self._schedule_dispatch()
+        self._dispatch()
 
     def _take(self, request_id):
         """Take a request off its worker's books; its connection, or None if that is gone."""

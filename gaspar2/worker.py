@@ -36,7 +36,7 @@ def sink_endpoint(ipc_dir):
 def worker_endpoint(ipc_dir, worker_id):
     return "ipc://%s/w%d" % (ipc_dir, worker_id)
 ZERO_COPY_MIN = 64 * 1024       # below this, copying into a zmq message is cheaper
-PARENT_CHECK_MS = 500
+PARENT_CHECK_MS = 500           # an idle worker checks on its parent this often
 IDLE_TICK = 0.01
 
 
@@ -79,6 +79,7 @@ class Worker:
 
     def _connect(self, ctx):
         self.pull = ctx.socket(zmq.PULL)
+        self.pull.rcvtimeo = PARENT_CHECK_MS
         self.pull.bind(self.endpoint)
         self.push = ctx.socket(zmq.PUSH)
         self.push.connect(self.sink)
@@ -99,31 +100,38 @@ class Worker:
             return
 
     def _next_job(self):
-        """Take the next request, waiting for one; None when it is time to exit."""
-        while True:
-            with self.lock:
-                self.current = None
-                self._drain()
-                if self.queue:
-                    job = self.queue.popleft()
-                    self.current = job[0]
-                    self.started = time.monotonic()
-                    framing.PROGRESS.pack_into(self.progress, self.offset, job[0], self.started)
-                    return job
-            if self.stopping or os.getppid() != self.parent_pid:
-                return None
-            self.pull.poll(PARENT_CHECK_MS)
+        """Take the next request, waiting for one; None when it is time to exit.
+
+        The lock is held while waiting: the watchdog needs it only while a request runs.
+        """
+        with self.lock:
+            self.current = None
+            while not self.queue:
+                if self.stopping or os.getppid() != self.parent_pid:
+                    return None
+                self._receive(0)        # waits up to PARENT_CHECK_MS
+            job = self.queue.popleft()
+            self.current = job[0]
+            self.started = time.monotonic()
+            framing.PROGRESS.pack_into(self.progress, self.offset, job[0], self.started)
+            return job
+
+    def _receive(self, flags):
+        """Move one batch from the PULL socket into the local queue (lock held); False if
+        none came."""
+        try:
+            frames = framing.recv_frames(self.pull, flags)
+        except zmq.Again:
+            return False
+        self.contact = time.monotonic()
+        ids = framing.unpack_ids(frames[0].bytes)
+        self.queue.extend(zip(ids, frames[1:]))
+        return True
 
     def _drain(self):
         """Move every batch waiting in the PULL socket into the local queue (lock held)."""
-        while True:
-            try:
-                frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
-                return
-            self.contact = time.monotonic()
-            ids = framing.unpack_ids(frames[0].bytes)
-            self.queue.extend(zip(ids, frames[1:]))
+        while self._receive(framing.NOBLOCK):
+            pass
 
     def _run(self, request_id, payload):
         began = time.monotonic()
@@ -131,10 +139,11 @@ class Worker:
             body = reply_bytes(self.consumer.handle(payload.bytes))
         except Exception:
             text = "worker %d (pid %d):\n%s" % (self.id, os.getpid(), traceback.format_exc())
-            self.push.send_multipart([framing.KIND_ID.pack(framing.ERROR, request_id), text.encode()])
+            self.push.send(framing.KIND_ID.pack(framing.ERROR, request_id), framing.SNDMORE)
+            self.push.send(text.encode())
         else:
-            head = framing.KIND_ID.pack(framing.REPLY, request_id)
-            self.push.send_multipart([head, body], copy=len(body) < ZERO_COPY_MIN)
+            self.push.send(framing.KIND_ID.pack(framing.REPLY, request_id), framing.SNDMORE)
+            self.push.send(body, 0, copy=len(body) < ZERO_COPY_MIN)
         # A slow request counts no more than the threshold, so one cannot inflate it.
         elapsed = min(time.monotonic() - began, self._threshold())
         self.typical += (elapsed - self.typical) * 0.2
