@@ -10,7 +10,7 @@ import os
 from report import SERVER_ORDER
 
 COLOURS = {"c-echo": "#8c8c8c", "gevent-inline": "#4c72b0", "asyncio-ppe": "#dd8452",
-           "plain-processes": "#8172b3", "gaspar2": "#55a868"}
+           "plain-processes": "#8172b3", "design-card": "#c44e52", "gaspar2": "#55a868"}
 
 
 def bars(ax, results, key):
@@ -37,7 +37,7 @@ def draw(results, png_path):
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 8))
     bars(top, results, "rps")
     top.set_ylabel("requests/s (calls/s), log")
-    top.legend(ncol=5, fontsize="small")
+    top.legend(ncol=6, fontsize="small")
     bars(bottom, results, "p99_ms")
     bottom.set_ylabel("p99 latency, ms, log")
     m, s = results["machine"], results["settings"]

@@ -1,6 +1,6 @@
 """The ratios gaspar2 is judged by, and the text report of a run's results."""
 
-SERVER_ORDER = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "gaspar2")
+SERVER_ORDER = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card", "gaspar2")
 
 # (label, numerator point, denominator point, which way is better, goal)
 # A point is (workload, server, key) in the table of medians.
@@ -21,6 +21,12 @@ RATIOS = [
      ("sha-1ms-c32", "gaspar2", "rps"), ("sha-1ms-c32", "asyncio-ppe", "rps"), "higher", 1.0),
     ("sha256 10 ms calls/s, gaspar2 / asyncio-ppe",
      ("sha-10ms-c32", "gaspar2", "rps"), ("sha-10ms-c32", "asyncio-ppe", "rps"), "higher", 1.0),
+    ("echo 100 B c=32 req/s, gaspar2 / design-card",
+     ("echo-100B-c32", "gaspar2", "rps"), ("echo-100B-c32", "design-card", "rps"), "higher", None),
+    ("echo 100 B c=1 p50, gaspar2 / design-card",
+     ("echo-100B-c1", "gaspar2", "p50_ms"), ("echo-100B-c1", "design-card", "p50_ms"), "lower", None),
+    ("sha256 1 ms calls/s, gaspar2 / design-card",
+     ("sha-1ms-c32", "gaspar2", "rps"), ("sha-1ms-c32", "design-card", "rps"), "higher", None),
     ("quick p99 with 200 ms jobs / alone, gaspar2",
      ("mixed-c32", "gaspar2", "p99_ms"), ("quick-c32", "gaspar2", "p99_ms"), "lower", 3.0),
 ]
@@ -35,7 +41,9 @@ def get(table, workload, server, key):
 
 
 def judged(name, value, better, goal):
-    met = None if value is None else (value >= goal if better == "higher" else value <= goal)
+    met = None
+    if value is not None and goal is not None:      # no goal: shown for comparison only
+        met = value >= goal if better == "higher" else value <= goal
     return {"name": name, "value": value, "better": better, "goal": goal, "met": met}
 
 
@@ -97,6 +105,7 @@ def format_report(results):
     for r in results["ratios"]:
         value = "n/a" if r["value"] is None else "%.3f" % r["value"]
         verdict = {None: "", True: "met", False: "MISSED"}[r["met"]]
-        lines.append("%-62s %8s  (goal %s %s)  %s" % (
-            r["name"], value, ">=" if r["better"] == "higher" else "<=", r["goal"], verdict))
+        goal = "(%s is better)" % r["better"] if r["goal"] is None else "(goal %s %s)" % (
+            ">=" if r["better"] == "higher" else "<=", r["goal"])
+        lines.append("%-62s %8s  %s  %s" % (r["name"], value, goal, verdict))
     return "\n".join(lines)

@@ -24,9 +24,9 @@ import time
 from common import BUILD, HERE, ROOT, Server, build, load_handler
 from report import format_report, target_ratios
 
-SERVERS = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "gaspar2")
+SERVERS = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card", "gaspar2")
 ECHO, SHA, SLEEP = "gaspar2.examples:echo", "gaspar2.examples:sha256_chain", "gaspar2.examples:sleep"
-NET = ("gevent-inline", "asyncio-ppe", "gaspar2")
+NET = ("gevent-inline", "asyncio-ppe", "design-card", "gaspar2")
 KERNEL_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPTimeouts", "RetransSegs")
 
 
@@ -102,6 +102,8 @@ def server_command(server, handler, workers):
         "c-echo": [os.path.join(BUILD, "c_echo_server"), "--port", "0"],
         "gevent-inline": [py, os.path.join(HERE, "gevent_inline.py"), handler, "--port", "0"],
         "asyncio-ppe": [py, os.path.join(HERE, "asyncio_ppe.py"), handler, "--port", "0",
+                        "--workers", str(workers)],
+        "design-card": [py, os.path.join(HERE, "design_card.py"), handler, "--port", "0",
                         "--workers", str(workers)],
         "gaspar2": [py, "-m", "gaspar2", "serve", handler, "--port", "0", "--workers", str(workers)],
     }[server]
