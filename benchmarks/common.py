@@ -47,7 +47,7 @@ def build(names=("loadgen", "c_echo_server"), out=BUILD):
         source, binary = os.path.join(HERE, name + ".c"), os.path.join(out, name)
         if os.path.exists(binary) and os.path.getmtime(binary) >= os.path.getmtime(source):
             continue
-        subprocess.run(["cc", "-O2", "-Wall", "-o", binary, source], check=True)
+        subprocess.run(["cc", "-O2", "-Wall", "-pthread", "-o", binary, source], check=True)
     return out
 
 

@@ -66,15 +66,15 @@ def target_ratios(table):
 def headroom(table):
     """The load generator's best figure (against the C server) over gaspar2's best, echo 100 B."""
     def best(server):
-        values = [get(table, "echo-100B-c%d" % c, server, "rps") for c in (1, 32, 256)]
-        values = [v for v in values if v is not None]
+        values = [row["rps"] for (workload, s), row in table.items()
+                  if s == server and workload.startswith("echo-100B-") and "rps" in row]
         return max(values) if values else None
     c, g = best("c-echo"), best("gaspar2")
     return c / g if c is not None and g else None
 
 
 def point_line(p):
-    head = "%-15s %-15s" % (p["workload"], p["server"])
+    head = "%-16s %-15s" % (p["workload"], p["server"])
     if "error" in p:
         return head + " FAILED: " + p["error"][:100]
     if "p50_ms" not in p:
@@ -89,7 +89,7 @@ def format_report(results):
     m, s = results["machine"], results["settings"]
     lines = ["%d CPUs, W=%d, %d round(s) of %.0f s points after %.1f s warm-up; medians; commit %s" % (
         m["cpus"], s["workers"], s["rounds"], s["duration"], s["warmup"], m["commit"]), ""]
-    lines.append("%-15s %-15s %10s %9s %8s %8s %8s %8s %6s %5s %5s %5s %6s %6s" % (
+    lines.append("%-16s %-15s %10s %9s %8s %8s %8s %8s %6s %5s %5s %5s %6s %6s" % (
         "workload", "server", "req/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
         "ovfl", "drops", "tmo", "rexmit", "lg cpu"))
     order = {w["name"]: i for i, w in enumerate(results["workloads"])}
@@ -98,7 +98,7 @@ def format_report(results):
     slow = [p for p in points if "slow_p99_ms" in p]
     if slow:
         lines.append("")
-        lines += ["%-15s %-15s 200 ms requests: %d, p50 %.1f ms, p99 %.1f ms" % (
+        lines += ["%-16s %-15s 200 ms requests: %d, p50 %.1f ms, p99 %.1f ms" % (
             p["workload"], p["server"], p["slow_count"], p["slow_p50_ms"], p["slow_p99_ms"]) for p in slow]
     lines += ["", "sha256_chain rounds: " + ", ".join(
         "%s %d" % (name, c["rounds"]) for name, c in results["calibration"].items()), ""]

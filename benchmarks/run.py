@@ -66,6 +66,10 @@ def make_workloads(files):
 
     echo_servers = ("c-echo",) + NET
     points = [Workload("echo-100B-c%d" % c, ECHO, c, echo_servers, ["-s", "100"]) for c in (1, 32, 256)]
+    # The load generator's own ceiling: all its threads against the C server.
+    threads = os.cpu_count() or 1
+    points.append(Workload("echo-100B-c32-j%d" % threads, ECHO, 32, ("c-echo",),
+                           ["-s", "100", "-j", str(threads)]))
     points.append(Workload("echo-1MiB-c4", ECHO, 4, echo_servers, ["-s", str(1 << 20)]))
     calibration = {}
     chain = load_handler(SHA)
