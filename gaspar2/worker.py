@@ -79,7 +79,6 @@ class Worker:
 
     def _connect(self, ctx):
         self.pull = ctx.socket(zmq.PULL)
-        self.pull.rcvtimeo = PARENT_CHECK_MS
         self.pull.bind(self.endpoint)
         self.push = ctx.socket(zmq.PUSH)
         self.push.connect(self.sink)
@@ -88,6 +87,7 @@ class Worker:
         self.push.send(framing.HELLO_FIELDS.pack(framing.HELLO, self.id, os.getpid()))
 
     def _serve(self):
+        self.pull.rcvtimeo = PARENT_CHECK_MS      # an idle worker's wait, see _next_job
         watchdog = threading.Thread(target=self._watch, name="giveback", daemon=True)
         watchdog.start()
         try:
