@@ -12,14 +12,12 @@ Closing the channel tells the fork server to stop its workers and exit.
 """
 
 import ctypes
-import errno
 import logging
 import os
 import selectors
 import signal
 import socket
 import stat
-import sys
 import time
 
 log = logging.getLogger("gaspar2.forkserver")

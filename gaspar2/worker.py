@@ -13,7 +13,6 @@ import collections
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 import traceback

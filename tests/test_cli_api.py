@@ -10,7 +10,7 @@ import pytest
 
 from gaspar2 import client
 
-from conftest import ROOT, Server, wait_for
+from conftest import ROOT, Server
 
 pytestmark = pytest.mark.timeout(120)
 

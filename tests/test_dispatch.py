@@ -1,7 +1,6 @@
 """Readiness, fair dispatch and handler errors, against a real server."""
 
 import concurrent.futures
-import os
 import time
 
 import pytest

@@ -3,8 +3,6 @@
 import concurrent.futures
 import re
 import resource
-import signal
-import socket
 import struct
 import time
 
@@ -12,7 +10,7 @@ import pytest
 
 from gaspar2 import client
 
-from conftest import Server, connect, exchange, wait_for
+from conftest import Server, connect, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -17,7 +17,7 @@ import pytest
 
 from gaspar2 import client
 
-from conftest import alive, connect, exchange, wait_for
+from conftest import alive, connect, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 MiB = 2**20
