@@ -27,6 +27,8 @@ GIVEBACK = b"G"   # fields: worker id, the request it is stuck on; frame 2 packs
 # Plain ints: pyzmq's enum flags cost a Python-level operation on every call.
 SNDMORE, NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+# Below this many bytes, copying into a ZeroMQ message is cheaper than a zero-copy send.
+ZERO_COPY_MIN = 64 * 1024
 
 KIND_ID = struct.Struct("!cQ")
 HELLO_FIELDS = struct.Struct("!cQI")

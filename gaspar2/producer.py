@@ -46,7 +46,6 @@ RESET_ON_CLOSE = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends 
 FIN_ON_CLOSE = struct.pack("ii", 0, 0)
 ACCEPTS_PER_WAKEUP = 64
 DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-ZERO_COPY_MIN = 64 * 1024
 FORKSERVER_EXIT_WAIT = forkserver.STOP_GRACE + 5.0
 SWEEP_INTERVAL = 0.1           # how often timeouts are checked
 ACCEPT_PAUSE = 0.1             # out of file descriptors: wait this long before accepting again
@@ -493,10 +492,13 @@ class Producer:
         watchers go out together."""
         if not self._dispatch_pending and self.backlog:
             self._dispatch_pending = True
-            self.loop.run_callback(self._dispatch)
+            self.loop.run_callback(self._scheduled_dispatch)
+
+    def _scheduled_dispatch(self):
+        self._dispatch_pending = False
+        self._dispatch()
 
     def _dispatch(self):
-        self._dispatch_pending = False
         backlog = self.backlog
         batches = {}
         while backlog:
@@ -533,7 +535,7 @@ class Producer:
     def _send(self, worker, conns):
         frames = [framing.pack_ids([conn.request_id for conn in conns])]
         frames.extend(conn.payload for conn in conns)
-        small = sum(len(conn.payload) for conn in conns) < ZERO_COPY_MIN
+        small = sum(len(conn.payload) for conn in conns) < framing.ZERO_COPY_MIN
         try:
             framing.send_frames(worker.push, frames, framing.NOBLOCK, copy=small)
         except zmq.Again:

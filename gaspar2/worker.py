@@ -34,7 +34,6 @@ def sink_endpoint(ipc_dir):
 
 def worker_endpoint(ipc_dir, worker_id):
     return "ipc://%s/w%d" % (ipc_dir, worker_id)
-ZERO_COPY_MIN = 64 * 1024       # below this, copying into a zmq message is cheaper
 PARENT_CHECK_MS = 500           # an idle worker checks on its parent this often
 IDLE_TICK = 0.01
 
@@ -142,7 +141,7 @@ class Worker:
             self.push.send(text.encode())
         else:
             self.push.send(framing.KIND_ID.pack(framing.REPLY, request_id), framing.SNDMORE)
-            self.push.send(body, 0, copy=len(body) < ZERO_COPY_MIN)
+            self.push.send(body, 0, copy=len(body) < framing.ZERO_COPY_MIN)
         # A slow request counts no more than the threshold, so one cannot inflate it.
         elapsed = min(time.monotonic() - began, self._threshold())
         self.typical += (elapsed - self.typical) * 0.2
