@@ -10,7 +10,7 @@ import asyncio
 import socket
 import time
 
-from .framing import pack
+from .wire import pack
 
 __all__ = ["RequestFailed", "request", "arequest", "pack", "parse_url"]
 

@@ -1,8 +1,14 @@
 """The user's side of gaspar2: what runs in each worker process, and how it is found."""
 
+from __future__ import annotations
+
 import importlib
 import os
 import sys
+from typing import Any, Callable, Union
+
+Reply = Union[bytes, bytearray, memoryview, str]
+Handler = Callable[[bytes], Reply]
 
 
 class Consumer:
@@ -13,38 +19,38 @@ class Consumer:
     before its first request.
     """
 
-    def __init__(self, handler=None):
+    def __init__(self, handler: Handler | None = None) -> None:
         self.handler = handler
 
-    def setup(self):
+    def setup(self) -> None:
         """Called once in each worker process before it takes any request."""
 
-    def handle(self, message):
+    def handle(self, message: bytes) -> Reply:
         """Return the reply to ``message`` (bytes) as bytes-like or str."""
         if self.handler is None:
             raise NotImplementedError("pass Consumer(handler=...) or override handle()")
         return self.handler(message)
 
 
-def load_target(spec):
+def load_target(spec: str) -> Any:
     """Import ``MODULE:ATTR`` (ATTR may be dotted), looking in the current directory too."""
     module_name, attr = split_spec(spec)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    target = importlib.import_module(module_name)
+    target: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         target = getattr(target, part)
     return target
 
 
-def split_spec(spec):
+def split_spec(spec: str) -> tuple[str, str]:
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise ValueError("expected MODULE:ATTR, got %r" % (spec,))
     return module_name, attr
 
 
-def as_consumer(target):
+def as_consumer(target: Any) -> Consumer:
     """Accept a Consumer instance, a Consumer subclass, a handler function, or the
     ``MODULE:ATTR`` of one of those."""
     if isinstance(target, str):
@@ -58,7 +64,14 @@ def as_consumer(target):
     raise TypeError("expected a Consumer, a Consumer subclass or a callable, got %r" % (target,))
 
 
-def reply_bytes(result):
+def describe(consumer: Consumer) -> str:
+    """``module:name`` of what a Consumer runs, for titles and logs."""
+    handler = consumer.handler if type(consumer).handle is Consumer.handle else None
+    thing = handler if handler is not None else type(consumer)
+    return "%s:%s" % (getattr(thing, "__module__", "?"), getattr(thing, "__qualname__", "?"))
+
+
+def reply_bytes(result: object) -> bytes | bytearray | memoryview:
     """The bytes to send for a handler's return value; TypeError for anything else."""
     if isinstance(result, (bytes, bytearray, memoryview)):
         return result

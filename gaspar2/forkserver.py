@@ -5,73 +5,43 @@ the first ones and every respawn, is forked from the same clean state: it inheri
 client connection, no listening socket and no ZeroMQ context or I/O thread. The fork
 server is also the workers' parent: it reaps them and reports each exit at once.
 
-Control channel (a socketpair, one text line per message):
-  producer -> fork server: ``spawn ID SLOT`` | ``kill ID SIGNUM``
-  fork server -> producer: ``spawned ID PID`` | ``exited ID PID STATUS``
-Closing the channel tells the fork server to stop its workers and exit.
+The control channel is a socketpair carrying fixed-size records (see ``wire.RECORD``).
+Closing it tells the fork server to stop its workers and exit.
 """
 
-import ctypes
+from __future__ import annotations
+
 import logging
 import os
 import selectors
 import signal
 import socket
-import stat
 import time
+from typing import Any, Callable, Protocol
+
+import gevent.event
+
+from . import wire
+from .procutil import close_inherited_sockets, die_with_parent, ignore_signals, set_title
 
 log = logging.getLogger("gaspar2.forkserver")
 
-PR_SET_PDEATHSIG = 1
 STOP_GRACE = 5.0
+EXIT_WAIT = STOP_GRACE + 5.0
 
-
-def set_title(title):
-    """Name this process for ps and top, when setproctitle is installed."""
-    try:
-        import setproctitle
-    except ImportError:
-        return
-    setproctitle.setproctitle(title)
-
-
-def die_with_parent(parent_pid):
-    """Ask Linux to SIGKILL this process when its parent dies; exit if it already has."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass        # not Linux: workers still notice through getppid()
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
-def close_inherited_sockets(keep):
-    """Close every socket fd but ``keep``: client connections, listeners, ZeroMQ's own."""
-    try:
-        fds = [int(name) for name in os.listdir("/proc/self/fd")]
-    except OSError:
-        fds = range(3, os.sysconf("SC_OPEN_MAX"))
-    for fd in fds:
-        if fd in keep:
-            continue
-        try:
-            if stat.S_ISSOCK(os.fstat(fd).st_mode):
-                os.close(fd)
-        except OSError:
-            pass
+RunWorker = Callable[[int, int, int], int]    # (worker id, progress slot, parent pid) -> status
 
 
 class ForkServer:
     """Runs in the fork server process; never returns."""
 
-    def __init__(self, channel, run_worker):
+    def __init__(self, channel: socket.socket, run_worker: RunWorker):
         self.channel = channel
-        self.run_worker = run_worker      # in each new worker: (id, slot, parent pid)
-        self.workers = {}                 # pid -> worker id
-        self.buffer = b""
+        self.run_worker = run_worker
+        self.workers: dict[int, int] = {}     # pid -> worker id
+        self.reader = wire.RecordReader()
 
-    def serve(self):
+    def serve(self) -> None:
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
@@ -89,21 +59,18 @@ class ForkServer:
                     os._exit(0)
             self._reap()
 
-    def _read_commands(self):
+    def _read_commands(self) -> bool:
         data = self.channel.recv(65536)
         if not data:
             return False
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            command, *args = line.decode().split()
-            if command == "spawn":
-                self._spawn(int(args[0]), int(args[1]))
-            elif command == "kill":
-                self._kill(int(args[0]), int(args[1]))
+        for kind, worker_id, a, _ in self.reader.feed(data):
+            if kind == wire.SPAWN:
+                self._spawn(worker_id, a)
+            elif kind == wire.KILL:
+                self._kill(worker_id, a)
         return True
 
-    def _spawn(self, worker_id, slot):
+    def _spawn(self, worker_id: int, slot: int) -> None:
         parent = os.getpid()
         pid = os.fork()
         if pid == 0:
@@ -121,14 +88,14 @@ class ForkServer:
                 logging.shutdown()
                 os._exit(status)
         self.workers[pid] = worker_id
-        self._send("spawned %d %d" % (worker_id, pid))
+        self._send(wire.SPAWNED, worker_id, pid)
 
-    def _kill(self, worker_id, signum):
+    def _kill(self, worker_id: int, signum: int) -> None:
         for pid, wid in self.workers.items():
             if wid == worker_id:
                 os.kill(pid, signum)
 
-    def _reap(self):
+    def _reap(self) -> None:
         while self.workers:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -138,15 +105,15 @@ class ForkServer:
                 return
             worker_id = self.workers.pop(pid, None)
             if worker_id is not None:
-                self._send("exited %d %d %d" % (worker_id, pid, status))
+                self._send(wire.EXITED, worker_id, pid, status)
 
-    def _send(self, line):
+    def _send(self, kind: int, worker_id: int, a: int = 0, b: int = 0) -> None:
         try:
-            self.channel.sendall(line.encode() + b"\n")
+            self.channel.sendall(wire.encode_record(kind, worker_id, a, b))
         except OSError:
             pass          # the producer is gone; EOF on the channel ends this process
 
-    def _stop_workers(self):
+    def _stop_workers(self) -> None:
         """Producer gone: TERM the workers, wait a little, then KILL what is left."""
         for pid in self.workers:
             os.kill(pid, signal.SIGTERM)
@@ -161,7 +128,7 @@ class ForkServer:
             os.kill(pid, signal.SIGKILL)
 
 
-def start(run_worker, title):
+def start(run_worker: RunWorker, title: str) -> tuple[int, socket.socket]:
     """Fork the fork server; returns (pid, the producer's end of the control channel)."""
     ours, theirs = socket.socketpair()
     parent = os.getpid()
@@ -174,12 +141,77 @@ def start(run_worker, title):
         ours.close()
         die_with_parent(parent)
         close_inherited_sockets(keep={theirs.fileno(), 0, 1, 2})
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
-                    signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
+                       signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2)
         set_title(title)
         ForkServer(theirs, run_worker).serve()
     except BaseException:
         log.exception("fork server crashed")
     finally:
         os._exit(status)
+
+
+class ForkServerEvents(Protocol):
+    def spawned(self, worker_id: int, pid: int) -> None: ...
+    def exited(self, worker_id: int, pid: int, status: int) -> None: ...
+    def forkserver_gone(self) -> None: ...
+
+
+class ForkServerClient:
+    """The producer's end of the control channel: commands out, events in."""
+
+    def __init__(self, loop: Any, pid: int, channel: socket.socket, events: ForkServerEvents):
+        self.pid = pid
+        self.channel = channel
+        self.events = events
+        self.reader = wire.RecordReader()
+        self.exited = gevent.event.Event()
+        channel.setblocking(False)
+        self.watcher = loop.io(channel.fileno(), 1)
+        self.watcher.start(self._on_channel)
+
+    def spawn(self, worker_id: int, slot: int) -> None:
+        self._send(wire.SPAWN, worker_id, slot)
+
+    def kill(self, worker_id: int, signum: int) -> None:
+        self._send(wire.KILL, worker_id, signum)
+
+    def _send(self, kind: int, worker_id: int, a: int) -> None:
+        try:
+            self.channel.sendall(wire.encode_record(kind, worker_id, a))
+        except OSError as exc:
+            log.error("cannot reach the fork server: %s", exc)
+
+    def _on_channel(self) -> None:
+        try:
+            data = self.channel.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.watcher.stop()
+            self.exited.set()
+            self.events.forkserver_gone()
+            return
+        for kind, worker_id, a, b in self.reader.feed(data):
+            if kind == wire.SPAWNED:
+                self.events.spawned(worker_id, a)
+            elif kind == wire.EXITED:
+                self.events.exited(worker_id, a, b)
+
+    def close(self) -> None:
+        """Tell the fork server to stop every worker and exit; wait for it, then reap it."""
+        try:
+            self.channel.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.exited.wait(EXIT_WAIT)
+        try:
+            if not self.exited.is_set():
+                os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        except (ChildProcessError, ProcessLookupError):
+            pass        # already reaped (gevent's child watcher may do it)
+        self.watcher.stop()
+        self.channel.close()

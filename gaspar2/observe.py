@@ -1,10 +1,18 @@
 """What operators can see: Prometheus metrics and the access log, both off by default.
 
 The producer calls ``request_done`` once per request, whatever its outcome, and
-``worker_exited`` once per worker exit; nothing here runs when both are off.
+``worker_exited`` once per worker exit; nothing here runs when both are off. Gauges read
+the producer's state through the callables they are given, never its attributes.
 """
 
+from __future__ import annotations
+
+import gc
 import logging
+import os
+from typing import Any, Callable
+
+import greenlet
 
 access_log = logging.getLogger("gaspar2.access")
 log = logging.getLogger("gaspar2")
@@ -12,12 +20,39 @@ log = logging.getLogger("gaspar2")
 OUTCOMES = ("ok", "handler_error", "timeout", "worker_died", "bad_frame", "refused", "client_gone")
 
 
-class Observer:
-    def __init__(self, producer, metrics_address, access):
-        self.access = access
-        self.metrics = Metrics(producer, metrics_address) if metrics_address else None
+Gauges = dict[str, tuple[str, Callable[[], float]]]    # name -> (help, read)
 
-    def request_done(self, conn, outcome, now):
+
+def status(frontend: Any, dispatcher: Any, workers: int) -> dict[str, int]:
+    """The producer's counts: connections, requests at each stage, workers, resources."""
+    return {
+        "accepted": frontend.accepted,
+        "connections": len(frontend.conns),
+        "reading": frontend.reading(),
+        "waiting": len(dispatcher.waiting),
+        "at_workers": dispatcher.at_workers(),
+        "workers": workers,
+        "greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet)),
+        "open_files": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1,
+    }
+
+
+def gauges(frontend: Any, dispatcher: Any, ready_count: Callable[[], int]) -> Gauges:
+    return {
+        "gaspar2_requests_at_workers": ("Requests handed to a worker", dispatcher.at_workers),
+        "gaspar2_requests_waiting": ("Requests waiting for a free worker",
+                                     lambda: len(dispatcher.waiting)),
+        "gaspar2_connections": ("Open client connections", lambda: len(frontend.conns)),
+        "gaspar2_workers": ("Live, ready workers", ready_count),
+    }
+
+
+class Observer:
+    def __init__(self, gauges: Gauges, metrics_address: str | None, access: bool):
+        self.access = access
+        self.metrics = Metrics(gauges, metrics_address) if metrics_address else None
+
+    def request_done(self, conn: Any, outcome: str, now: float) -> None:
         seconds = now - conn.accepted
         size_in = len(conn.payload) if conn.payload is not None else 0
         if self.metrics is not None:
@@ -27,15 +62,19 @@ class Observer:
                             conn.size_out if outcome == "ok" else 0, seconds * 1000,
                             conn.served_by if conn.served_by is not None else "-")
 
-    def worker_exited(self, kind):
+    def worker_exited(self, kind: str) -> None:
         if self.metrics is not None:
             self.metrics.restarts.labels(kind).inc()
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.server.stop()
 
 
 class Metrics:
     """Prometheus metrics, served over HTTP from the producer's own gevent loop."""
 
-    def __init__(self, producer, address):
+    def __init__(self, gauges: Gauges, address: str):
         try:
             import prometheus_client as prom
         except ImportError:
@@ -56,13 +95,6 @@ class Metrics:
         self.bytes_out = prom.Counter("gaspar2_sent_bytes", "Reply bytes", registry=registry)
         self.restarts = prom.Counter("gaspar2_worker_exits", "Worker exits by cause", ["cause"],
                                      registry=registry)
-        gauges = {
-            "gaspar2_requests_at_workers": ("Requests handed to a worker", lambda: len(producer.jobs)),
-            "gaspar2_requests_waiting": ("Requests waiting for a free worker",
-                                         lambda: len(producer.backlog)),
-            "gaspar2_connections": ("Open client connections", lambda: len(producer.conns)),
-            "gaspar2_workers": ("Live, ready workers", producer.supervisor.ready_count),
-        }
         for name, (text, read) in gauges.items():
             prom.Gauge(name, text, registry=registry).set_function(read)
         host, _, port = address.rpartition(":")
@@ -71,7 +103,7 @@ class Metrics:
         self.server.start()
         log.info("metrics on http://%s:%d/metrics", *self.server.address[:2])
 
-    def request_done(self, outcome, seconds, size_in, size_out):
+    def request_done(self, outcome: str, seconds: float, size_in: int, size_out: int) -> None:
         self.requests.labels(outcome).inc()
         self.latency.observe(seconds)
         self.bytes_in.inc(size_in)

@@ -1,82 +1,29 @@
-"""Workers on other machines, joining a producer's pool over ZeroMQ's TCP transport.
+"""The producer's side of remote workers: the endpoint they join, and who has joined.
 
-A remote worker connects a PUSH to the producer's remote sink, binds a PULL of its own on
-a TCP port and says HELLO with that address and its public key; the producer connects a
-PUSH back to it. With CURVE, each end accepts only the keys it was given: the producer the
-workers' public keys, a worker the producer's. Remote workers take part in the same fair
-dispatch as local ones, holding one request at a time (no shared memory tells the producer
-which of several a lost worker had begun). They send a heartbeat every interval, and say
-HELLO again after three intervals without a word from the producer, so they rejoin a
-producer that restarts.
+A remote worker connects a PUSH to the producer's remote sink, binds a PULL of its own on a
+TCP port and says HELLO with that address and its public key; the producer connects a PUSH
+back to it. With CURVE, each end accepts only the keys it was given. Remote workers take
+part in the same fair dispatch as local ones, holding one request at a time (no shared
+memory tells the producer which of several a lost worker had begun). They send a heartbeat
+every interval; one silent for ``wire.MISSED_BEATS`` intervals is gone.
 """
+
+from __future__ import annotations
 
 import ipaddress
 import logging
-import os
-import random
-import signal
 import socket
-import time
 import urllib.parse
+from typing import Any
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
-from . import framing
-from .forkserver import die_with_parent
-from .worker import Worker, prepare_process
+from . import curve, wire
 
 log = logging.getLogger("gaspar2.remote")
 
-DEFAULT_HEARTBEAT = 1.0
-MISSED_BEATS = 3                # silence for this many intervals means gone
 
-
-class KeyRing:
-    """The public keys one end accepts from the other (a ZAP credentials provider)."""
-
-    def __init__(self, public_keys, what):
-        self.keys = set(public_keys)
-        self.what = what
-
-    def callback(self, domain, key):
-        if key in self.keys:
-            return True
-        log.warning("refused a %s with an unknown CURVE key %s", self.what, key.decode())
-        return False
-
-
-def generate_keys(directory, name):
-    """Write NAME.key (public, to hand out) and NAME.key_secret into ``directory``."""
-    os.makedirs(directory, exist_ok=True)
-    return zmq.auth.create_certificates(directory, name)
-
-
-def load_secret(path):
-    """(public, secret) from a .key_secret file."""
-    public, secret = zmq.auth.load_certificate(path)
-    if secret is None:
-        raise ValueError("%s holds no secret key" % path)
-    return public, secret
-
-
-def load_public_keys(path):
-    """Public keys from a .key file or from every .key file in a directory."""
-    paths = [path]
-    if os.path.isdir(path):
-        paths = [os.path.join(path, n) for n in sorted(os.listdir(path)) if n.endswith(".key")]
-    return [zmq.auth.load_certificate(p)[0] for p in paths]
-
-
-def start_authenticator(ctx, keyring):
-    auth = ThreadAuthenticator(ctx, log=logging.getLogger("gaspar2.zap"))
-    auth.start()
-    auth.configure_curve_callback(domain="*", credentials_provider=keyring)
-    return auth
-
-
-def is_loopback(endpoint):
+def is_loopback(endpoint: str) -> bool:
     host = urllib.parse.urlsplit(endpoint).hostname or ""
     try:
         return ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
@@ -85,18 +32,16 @@ def is_loopback(endpoint):
 
 
 class RemoteSink:
-    """The producer's side: the endpoint remote workers join, and its authenticator."""
+    """The endpoint remote workers join, and its authenticator."""
 
-    def __init__(self, ctx, endpoint, secret_key_file=None, authorized=None, insecure=False):
-        self.keys = None
-        self.auth = None
-        self.sock = ctx.socket(zmq.PULL)
-        self.sock.linger = 0
+    def __init__(self, ctx: zmq.Context, endpoint: str, secret_key_file: str | None = None,
+                 authorized: str | None = None, insecure: bool = False):
+        self.keys: tuple[bytes, bytes] | None = None
+        self.auth: Any = None
         if secret_key_file:
-            self.keys = load_secret(secret_key_file)
-            allowed = load_public_keys(authorized) if authorized else []
-            self.auth = start_authenticator(ctx, KeyRing(allowed, "remote worker"))
-            self._make_server(self.sock)
+            self.keys = curve.load_secret(secret_key_file)
+            allowed = curve.load_public_keys(authorized) if authorized else []
+            self.auth = curve.start_authenticator(ctx, curve.KeyRing(allowed, "remote worker"))
             log.info("remote workers: CURVE on, %d worker keys accepted", len(allowed))
         elif not insecure and not is_loopback(endpoint):
             raise RuntimeError("remote workers on %s without CURVE keys: give a secret key and "
@@ -104,140 +49,88 @@ class RemoteSink:
         else:
             log.warning("remote workers on %s without CURVE: anyone who reaches it can join",
                         endpoint)
-        self.sock.bind(endpoint)
+        self.sock = ctx.socket(zmq.PULL)
+        self.sock.linger = 0
+        curve.make_server(self.sock, self.keys)
+        try:
+            self.sock.bind(endpoint)
+        except zmq.ZMQError:
+            self.close()
+            raise
         self.endpoint = self.sock.last_endpoint.decode()
 
-    def _make_server(self, sock):
-        sock.curve_server = True
-        sock.curve_publickey, sock.curve_secretkey = self.keys
-
-    def connect_worker(self, ctx, endpoint, worker_key):
+    def connect_worker(self, ctx: zmq.Context, endpoint: str, worker_key: bytes) -> zmq.Socket:
         """A PUSH to a remote worker that said HELLO from ``endpoint``."""
         push = ctx.socket(zmq.PUSH)
         push.linger = 0
-        if self.keys is not None:
-            push.curve_publickey, push.curve_secretkey = self.keys
-            push.curve_serverkey = worker_key
+        curve.make_client(push, self.keys, worker_key)
         push.connect(endpoint)
         return push
 
-    def close(self):
+    def close(self) -> None:
+        self.sock.close()
         if self.auth is not None:
             self.auth.stop()
 
 
-class RemoteWorker(Worker):
-    """A worker process on another machine."""
+class RemoteMember:
+    """A remote worker that has joined."""
 
-    def __init__(self, make_consumer, connect, listen_host, advertise_host, keys, server_key,
-                 heartbeat, parent_pid):
-        super().__init__(make_consumer, random.getrandbits(63), None, connect, parent_pid,
-                         giveback_after=3600.0, progress=bytearray(framing.PROGRESS.size), slot=0)
-        self.listen_host = listen_host
-        self.advertise_host = advertise_host
-        self.keys = keys                  # (public, secret) of this worker, or None
-        self.server_key = server_key      # the producer's public key
+    remote = True
+    ready = True
+    lifetime = None
+
+    def __init__(self, worker_id: int, pid: int, endpoint: str, push: zmq.Socket, now: float):
+        self.id = worker_id
+        self.pid = pid
+        self.endpoint = endpoint
+        self.push = push
+        self.heard = self.pinged = now
+
+    def __repr__(self) -> str:
+        return "worker %x (remote pid %s)" % (self.id, self.pid)
+
+
+class RemoteMembers:
+    """Who has joined through the remote sink; reports joins and losses like a supervisor."""
+
+    def __init__(self, events: Any, ctx: zmq.Context, sink: RemoteSink, heartbeat: float):
+        self.events = events            # worker_ready(member), worker_lost(member, ...)
+        self.ctx = ctx
+        self.sink = sink
         self.heartbeat = heartbeat
+        self.members: dict[int, RemoteMember] = {}
 
-    def _connect(self, ctx):
-        self.pull = ctx.socket(zmq.PULL)
-        if self.keys is not None:
-            self.auth = start_authenticator(ctx, KeyRing([self.server_key], "producer"))
-            self.pull.curve_server = True
-            self.pull.curve_publickey, self.pull.curve_secretkey = self.keys
-        port = self.pull.bind_to_random_port("tcp://%s" % self.listen_host)
-        self.endpoint = "tcp://%s:%d" % (self.advertise_host, port)
-        self.push = self._pusher(ctx)
-        self.watch_push = self._pusher(ctx)
-        self._hello()
+    def hello(self, worker_id: int, pid: int, endpoint: bytes, key: bytes, now: float) -> None:
+        member = self.members.get(worker_id)
+        if member is not None:
+            member.heard = now          # it said HELLO again: it had not heard from us
+            return
+        push = self.sink.connect_worker(self.ctx, endpoint.decode(), key)
+        member = RemoteMember(worker_id, pid, endpoint.decode(), push, now)
+        self.members[worker_id] = member
+        log.info("remote %r joined from %s", member, member.endpoint)
+        self.events.worker_ready(member)
 
-    def _pusher(self, ctx):
-        push = ctx.socket(zmq.PUSH)
-        push.linger = 1000
-        if self.keys is not None:
-            push.curve_publickey, push.curve_secretkey = self.keys
-            push.curve_serverkey = self.server_key
-        push.connect(self.sink)
-        return push
+    def heard(self, worker_id: int, now: float) -> None:
+        member = self.members.get(worker_id)
+        if member is not None:
+            member.heard = now
 
-    def _hello(self):
-        head = framing.HELLO_FIELDS.pack(framing.HELLO, self.id, os.getpid())
-        public = self.keys[0] if self.keys is not None else b""
-        self.watch_push.send_multipart([head, self.endpoint.encode(), public])
+    def check(self, now: float) -> None:
+        """Ping members; drop those silent for ``MISSED_BEATS`` heartbeats."""
+        for member in list(self.members.values()):
+            if now - member.heard > wire.MISSED_BEATS * self.heartbeat:
+                del self.members[member.id]
+                cause = "missed %d heartbeats (%.1f s)" % (wire.MISSED_BEATS, now - member.heard)
+                self.events.worker_lost(member, cause, "heartbeat", None)
+                member.push.close()
+            elif now - member.pinged >= self.heartbeat:
+                member.pinged = now
+                try:
+                    member.push.send(wire.pack_ids([]), wire.NOBLOCK)
+                except zmq.Again:
+                    pass
 
-    def _watch(self):
-        """Heartbeats out; HELLO again whenever the producer has been silent too long."""
-        beat = framing.KIND_ID.pack(framing.HEARTBEAT, self.id)
-        while True:
-            time.sleep(self.heartbeat)
-            self.watch_push.send(beat)
-            if time.monotonic() - self.contact > MISSED_BEATS * self.heartbeat:
-                self._hello()
-
-
-def serve_group(spec, connect, workers, listen_host, advertise_host, secret_key_file,
-                server_key_file, heartbeat):
-    """``gaspar2 worker --connect``: keep ``workers`` remote worker processes running."""
-    from .consumer import as_consumer
-    keys = load_secret(secret_key_file) if secret_key_file else None
-    server_key = load_public_keys(server_key_file)[0] if server_key_file else None
-    if advertise_host is None:
-        advertise_host = route_address(connect)
-    leader = os.getpid()
-
-    def stop(signum, frame):
-        raise GroupStop
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    children = {}
-
-    def spawn(n):
-        pid = os.fork()
-        if pid == 0:
-            die_with_parent(leader)
-            prepare_process("gaspar2 remote-worker %d %s" % (n, spec))
-            worker = RemoteWorker(lambda: as_consumer(spec), connect, listen_host, advertise_host,
-                                  keys, server_key, heartbeat, leader)
-            os._exit(worker.run())
-        children[pid] = n
-
-    try:
-        for n in range(1, workers + 1):
-            spawn(n)
-        log.info("%d remote workers for %s joining %s", workers, spec, connect)
-        delay = 0.1
-        while True:
-            pid, status = os.wait()
-            n = children.pop(pid, None)
-            if n is None:
-                continue
-            log.warning("remote worker %d (pid %d) exited (status %d): starting another",
-                        n, pid, status)
-            time.sleep(delay)       # a worker that keeps failing is not re-forked in a loop
-            delay = min(delay * 2, 10.0)
-            spawn(n)
-    except (GroupStop, ChildProcessError):
-        pass
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    for pid in children:
-        os.kill(pid, signal.SIGTERM)
-    for _ in list(children):
-        try:
-            os.wait()
-        except ChildProcessError:
-            break
-    return 0
-
-
-class GroupStop(Exception):
-    """TERM or INT reached the worker group's leader."""
-
-
-def route_address(endpoint):
-    """The local address this machine uses to reach ``endpoint``'s host."""
-    parts = urllib.parse.urlsplit(endpoint)
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.connect((parts.hostname, parts.port or 9))
-        return probe.getsockname()[0]
+    def ready_count(self) -> int:
+        return len(self.members)

@@ -1,59 +1,65 @@
-"""Producer-side supervision: keeps the wanted number of workers alive and knows their state.
+"""Supervision of the local worker processes: spawn, exit, back-off, reload, resize, timeouts.
 
-Workers are forked by the fork server (see forkserver.py), which reports every exit at once
-over its control channel. A worker counts as ready only when its HELLO has arrived on the
-sink and the producer has connected a PUSH socket to it. Workers that die young are
-replaced after a growing delay, so a handler that cannot start does not fork in a loop.
+Workers are forked by the fork server (see forkserver.py), which reports every exit at once.
+A worker counts as ready only when its HELLO has arrived on the sink. The supervisor knows
+processes, never requests: it reports what happens through ``SupervisorEvents`` and is
+told, in turn, when a retiring worker holds nothing more (``drained``).
 """
 
+from __future__ import annotations
+
 import logging
-import mmap
 import os
 import random
 import signal
+import time
+from typing import Any, Callable, Protocol
 
-import zmq
-
-from . import framing
-from .worker import EXIT_SETUP_FAILED, worker_endpoint
+from .procutil import Backoff
+from .progress import ProgressTable
 
 log = logging.getLogger("gaspar2")
 
-MAX_WORKERS = 512
 YOUNG = 1.0                 # a worker that dies sooner than this after its start died young
-MAX_BACKOFF = 10.0
+EXIT_SETUP_FAILED = 3
 
 
-class WorkerHandle:
-    """What the producer knows of one worker process."""
+class WorkerProcess:
+    """What the supervisor knows of one local worker process."""
 
-    __slots__ = ("id", "slot", "pid", "push", "jobs", "stuck_on", "ready", "born", "assigned",
-                 "lifetime", "retiring", "killed", "generation", "remote", "heard", "pinged")
+    __slots__ = ("id", "slot", "pid", "born", "generation", "lifetime", "ready", "retiring",
+                 "killed")
+    remote = False
 
-    def __init__(self, worker_id, slot, born):
+    def __init__(self, worker_id: int, slot: int, born: float, generation: int,
+                 lifetime: int | None):
         self.id = worker_id
         self.slot = slot
-        self.pid = None
-        self.push = None
-        self.jobs = {}          # request id -> connection, in the order they were sent
-        self.stuck_on = None    # a request the worker said is slow; nothing more goes to it
-        self.ready = False
+        self.pid: int | None = None
         self.born = born
-        self.assigned = 0       # requests sent to it so far
-        self.lifetime = None    # requests it may take before it is replaced (max_requests)
-        self.retiring = False   # replaced already: takes nothing new, leaves once idle
-        self.killed = False     # sent SIGKILL for running one request too long
-        self.generation = 0     # workers started by a reload (SIGHUP) have a newer one
-        self.remote = False     # on another machine: no fork server, no progress slot
-        self.heard = self.pinged = born
+        self.generation = generation  # workers started by a reload (SIGHUP) have a newer one
+        self.lifetime = lifetime      # requests it may take before it is replaced
+        self.ready = False
+        self.retiring = False         # replaced already: takes nothing new, leaves once idle
+        self.killed = False           # sent SIGKILL for running one request too long
 
-    def __repr__(self):
-        if self.remote:
-            return "worker %x (remote pid %s)" % (self.id, self.pid)
+    def __repr__(self) -> str:
         return "worker %d (pid %s)" % (self.id, self.pid)
 
 
-def describe_status(status):
+class SupervisorEvents(Protocol):
+    def worker_ready(self, worker: Any) -> None: ...
+    def worker_retiring(self, worker: Any) -> None: ...
+    def worker_lost(self, worker: Any, cause: str, kind: str, started: int | None) -> None: ...
+    def forkserver_gone(self) -> None: ...
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
+
+
+def describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
         return "killed by %s" % signal.Signals(os.WTERMSIG(status)).name
     code = os.WEXITSTATUS(status)
@@ -62,7 +68,7 @@ def describe_status(status):
     return "exited with status %d" % code
 
 
-def exit_kind(worker, status):
+def exit_kind(worker: WorkerProcess, status: int) -> str:
     """A short label for why a worker exited (metrics)."""
     if worker.retiring:
         return "replaced"
@@ -76,73 +82,62 @@ def exit_kind(worker, status):
 
 
 class Supervisor:
-    def __init__(self, producer, size, max_requests=None, max_requests_jitter=0):
-        self.producer = producer
+    def __init__(self, events: SupervisorEvents, clock: Clock, size: int,
+                 max_requests: int | None = None, max_requests_jitter: int = 0,
+                 progress: ProgressTable | None = None):
+        self.events = events
+        self.clock = clock
         self.size = size
         self.max_requests = max_requests
         self.max_requests_jitter = max_requests_jitter
-        self.workers = {}               # id -> WorkerHandle, spawned and not yet exited
-        self.free_slots = list(range(MAX_WORKERS - 1, -1, -1))
-        self.progress = mmap.mmap(-1, MAX_WORKERS * framing.PROGRESS.size)
+        self.progress = progress or ProgressTable()
+        self.workers: dict[int, WorkerProcess] = {}   # spawned and not yet exited
         self.next_id = 1
-        self.failures = 0               # workers in a row that died young
-        self.respawn_timer = None
+        self.backoff = Backoff()
+        self.respawn_timer: Any = None
         self.stopping = False
         self.generation = 0
+        self.forkserver: Any = None     # ForkServerClient, or a stand-in in tests
 
-    # -- lifecycle -------------------------------------------------------------------------
+    def attach(self, forkserver: Any) -> None:
+        self.forkserver = forkserver
 
-    def attach(self, loop, ctx, ipc_dir, channel, fork_pid):
-        """Called once the fork server runs and the sink is bound."""
-        self.loop = loop
-        self.ctx = ctx
-        self.ipc_dir = ipc_dir
-        self.channel = channel
-        self.fork_pid = fork_pid
-        self.buffer = b""
-        channel.setblocking(False)
-        self.channel_watcher = loop.io(channel.fileno(), 1)
-        self.channel_watcher.start(self._on_channel)
+    # -- commands --------------------------------------------------------------------------
 
-    def spawn(self):
-        worker = WorkerHandle(self.next_id, self.free_slots.pop(), self.loop.now())
-        worker.generation = self.generation
+    def spawn(self) -> WorkerProcess:
+        lifetime = None
         if self.max_requests:
-            worker.lifetime = self.max_requests + random.randint(0, self.max_requests_jitter)
+            lifetime = self.max_requests + random.randint(0, self.max_requests_jitter)
+        worker = WorkerProcess(self.next_id, self.progress.allocate(), self.clock.now(),
+                               self.generation, lifetime)
         self.next_id += 1
         self.workers[worker.id] = worker
-        framing.PROGRESS.pack_into(self.progress, worker.slot * framing.PROGRESS.size, 0, 0.0)
-        self._command("spawn %d %d" % (worker.id, worker.slot))
+        self.forkserver.spawn(worker.id, worker.slot)
         return worker
 
-    def kill(self, worker, sig=signal.SIGKILL):
-        self._command("kill %d %d" % (worker.id, sig))
+    def kill(self, worker: WorkerProcess, sig: int = signal.SIGKILL) -> None:
+        self.forkserver.kill(worker.id, sig)
 
-    def last_started(self, worker):
-        """(id, monotonic time) of the request this worker started last; id 0 if none."""
-        return framing.PROGRESS.unpack_from(self.progress, worker.slot * framing.PROGRESS.size)
-
-    def ready_count(self, local_only=False):
-        return sum(1 for w in self.workers.values() if w.ready and not (local_only and w.remote))
-
-    def local_workers(self):
-        return [w for w in self.workers.values() if not w.remote]
-
-    def serving_count(self):
-        """Local workers that count towards the wanted number: all but those leaving."""
-        return sum(1 for w in self.local_workers() if not w.retiring)
-
-    def retire(self, worker, reason):
-        """Replace ``worker`` now; it finishes what it holds, then is told to leave."""
-        if worker.retiring:
+    def retire(self, worker_id: int, reason: str) -> None:
+        """Replace a worker now; it finishes what it holds, then is told to leave."""
+        worker = self.workers.get(worker_id)
+        if worker is None or worker.retiring:
             return
         worker.retiring = True
         log.info("%r %s: replacing it", worker, reason)
         self._schedule_respawn()
-        if not worker.jobs:
+        if worker.ready:
+            self.events.worker_retiring(worker)     # it leaves once drained
+        else:
             self.kill(worker, signal.SIGTERM)
 
-    def resize(self, delta):
+    def drained(self, worker_id: int) -> None:
+        """A retiring worker holds nothing more: let it go."""
+        worker = self.workers.get(worker_id)
+        if worker is not None:
+            self.kill(worker, signal.SIGTERM)
+
+    def resize(self, delta: int) -> None:
         """TTIN (+1) and TTOU (-1): one worker more or fewer, never fewer than one."""
         if self.size + delta < 1:
             log.info("keeping the last worker")
@@ -152,148 +147,106 @@ class Supervisor:
         if delta > 0:
             self._schedule_respawn()
             return
-        serving = [w for w in self.local_workers() if not w.retiring]
+        serving = [w for w in self.workers.values() if not w.retiring]
         if len(serving) > self.size:
-            self.retire(min(serving, key=lambda w: (w.ready, len(w.jobs))), "is one too many")
+            # one not ready yet, else the newest
+            victim = min(serving, key=lambda w: (w.ready, -w.id))
+            self.retire(victim.id, "is one too many")
 
-    def reload(self):
+    def reload(self) -> None:
         """Start a fresh generation of workers; each old one leaves when a new one is ready,
         so capacity never dips, and a generation that cannot start leaves the old serving."""
         self.generation += 1
         for _ in range(self.size):
             self.spawn()
 
-    def _replace_one_old(self):
-        for worker in self.local_workers():
-            if worker.generation < self.generation and not worker.retiring:
-                self.retire(worker, "is replaced by a fresh one (reload)")
-                return
+    def check_runaway(self, worker_timeout: float) -> None:
+        """Kill a worker that has run one request for longer than ``worker_timeout``."""
+        now = time.monotonic()
+        for worker in self.workers.values():
+            request_id, started = self.progress.started(worker.slot)
+            if request_id and not worker.killed and now - started > worker_timeout:
+                log.warning("%r has run one request for %.1f s (worker_timeout %s s): killing it",
+                            worker, now - started, worker_timeout)
+                worker.killed = True
+                self.kill(worker, signal.SIGKILL)
 
-    def close_channel(self):
-        """Tell the fork server to stop every worker and exit."""
+    def close(self) -> None:
         self.stopping = True
         if self.respawn_timer is not None:
             self.respawn_timer.stop()
-        try:
-            self.channel.shutdown(2)
-        except OSError:
-            pass
 
-    # -- events ----------------------------------------------------------------------------
+    # -- what it reports ---------------------------------------------------------------------
 
-    def hello(self, worker_id, pid):
+    def ready_count(self) -> int:
+        return sum(1 for w in self.workers.values() if w.ready)
+
+    def serving_count(self) -> int:
+        """Workers that count towards the wanted number: all but those leaving."""
+        return sum(1 for w in self.workers.values() if not w.retiring)
+
+    # -- events ------------------------------------------------------------------------------
+
+    def hello(self, worker_id: int, pid: int) -> None:
         worker = self.workers.get(worker_id)
-        if worker is None:
+        if worker is None or worker.ready:
             return
         worker.pid = pid
-        worker.push = self.ctx.socket(zmq.PUSH)
-        worker.push.linger = 0
-        worker.push.connect(worker_endpoint(self.ipc_dir, worker_id))
         worker.ready = True
         log.debug("%r ready", worker)
         if worker.generation == self.generation:
             self._replace_one_old()
-        self.producer.worker_ready(worker)
+        self.events.worker_ready(worker)
 
-    # -- remote workers ----------------------------------------------------------------------
-
-    def hello_remote(self, worker_id, pid, endpoint, key, remote_sink, now):
+    def spawned(self, worker_id: int, pid: int) -> None:
         worker = self.workers.get(worker_id)
-        if worker is not None:
-            worker.heard = now          # it said HELLO again: it had not heard from us
-            return
-        worker = WorkerHandle(worker_id, None, now)
-        worker.remote = True
-        worker.pid = pid
-        worker.push = remote_sink.connect_worker(self.ctx, endpoint, key)
-        worker.ready = True
-        self.workers[worker_id] = worker
-        log.info("remote %r joined from %s", worker, endpoint)
-        self.producer.worker_ready(worker)
+        if worker is not None and worker.pid is None:
+            worker.pid = pid
 
-    def heard(self, worker_id, now):
-        worker = self.workers.get(worker_id)
-        if worker is not None:
-            worker.heard = now
-
-    def check_remote(self, now, heartbeat, missed):
-        """Ping remote workers; drop those silent for ``missed`` heartbeats."""
-        for worker in [w for w in self.workers.values() if w.remote]:
-            if now - worker.heard > missed * heartbeat:
-                del self.workers[worker.id]
-                cause = "missed %d heartbeats (%.1f s)" % (missed, now - worker.heard)
-                self.producer.worker_lost(worker, cause, "heartbeat")
-                worker.push.close()
-            elif now - worker.pinged >= heartbeat:
-                worker.pinged = now
-                try:
-                    worker.push.send(framing.pack_ids([]), zmq.NOBLOCK)
-                except zmq.Again:
-                    pass
-
-    def _on_channel(self):
-        try:
-            data = self.channel.recv(65536)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            self.channel_watcher.stop()
-            self.producer.forkserver_gone()
-            return
-        self.buffer += data
-        *lines, self.buffer = self.buffer.split(b"\n")
-        for line in lines:
-            event, *args = line.decode().split()
-            if event == "spawned":
-                worker = self.workers.get(int(args[0]))
-                if worker is not None and worker.pid is None:
-                    worker.pid = int(args[1])
-            elif event == "exited":
-                self._exited(int(args[0]), int(args[1]), int(args[2]))
-
-    def _exited(self, worker_id, pid, status):
+    def exited(self, worker_id: int, pid: int, status: int) -> None:
         worker = self.workers.pop(worker_id, None)
         if worker is None:
             return
         worker.pid = pid
-        cause = describe_status(status)
         # Died before it was ready, or soon after on its own: a signal from outside (an
         # operator, worker_timeout) says nothing about whether the next one can start.
         young = not worker.retiring and (not worker.ready or (
-            not os.WIFSIGNALED(status) and self.loop.now() - worker.born < YOUNG))
-        self.producer.worker_lost(worker, cause, exit_kind(worker, status))
-        if worker.push is not None:
-            worker.push.close()
-        self.free_slots.append(worker.slot)
+            not os.WIFSIGNALED(status) and self.clock.now() - worker.born < YOUNG))
+        started = self.progress.started(worker.slot)[0] if worker.ready else 0
+        self.events.worker_lost(worker, describe_status(status), exit_kind(worker, status), started)
+        self.progress.release(worker.slot)
         if self.stopping or worker.retiring:
             return
-        self.failures = self.failures + 1 if young else 0
+        if young:
+            self.backoff.failed()
+        else:
+            self.backoff.succeeded()
         self._schedule_respawn()
 
-    def _schedule_respawn(self):
+    def forkserver_gone(self) -> None:
+        self.events.forkserver_gone()
+
+    def _replace_one_old(self) -> None:
+        for worker in self.workers.values():
+            if worker.generation < self.generation and not worker.retiring:
+                self.retire(worker.id, "is replaced by a fresh one (reload)")
+                return
+
+    def _schedule_respawn(self) -> None:
         missing = self.size - self.serving_count()
-        if missing <= 0 or (self.respawn_timer is not None and self.respawn_timer.active):
+        if missing <= 0 or self.stopping or (self.respawn_timer is not None and self.respawn_timer.active):
             return
-        if not self.failures:
+        delay = self.backoff.delay()
+        if not delay:
             for _ in range(missing):
                 self.spawn()
             return
-        delay = min(0.1 * 2 ** (self.failures - 1), MAX_BACKOFF)
         log.warning("workers keep dying young (%d in a row): next spawn in %.1f s",
-                    self.failures, delay)
-        self.respawn_timer = self.loop.timer(delay)
-        self.respawn_timer.start(self._respawn_after_delay)
+                    self.backoff.failures, delay)
+        self.respawn_timer = self.clock.call_later(delay, self._respawn_after_delay)
 
-    def _respawn_after_delay(self):
+    def _respawn_after_delay(self) -> None:
         self.respawn_timer = None
         if not self.stopping:
             for _ in range(self.size - self.serving_count()):
                 self.spawn()
-
-    def _command(self, line):
-        try:
-            self.channel.sendall(line.encode() + b"\n")
-        except OSError as exc:
-            log.error("cannot reach the fork server: %s", exc)

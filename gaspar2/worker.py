@@ -9,6 +9,8 @@ worker holds but has not started is given back the moment its current request tu
 be slow, so no request waits behind a slow one while another worker could run it.
 """
 
+from __future__ import annotations
+
 import collections
 import logging
 import os
@@ -16,49 +18,72 @@ import signal
 import threading
 import time
 import traceback
+from typing import Callable
 
 import zmq
 
-from . import framing
-from .consumer import reply_bytes
-from .forkserver import set_title
+from . import wire
+from .consumer import Consumer, reply_bytes
+from .procutil import set_title
+from .progress import ProgressTable
+from .supervisor import EXIT_SETUP_FAILED
 
 log = logging.getLogger("gaspar2.worker")
 
-EXIT_SETUP_FAILED = 3
-
-
-def sink_endpoint(ipc_dir):
-    return "ipc://%s/sink" % ipc_dir
-
-
-def worker_endpoint(ipc_dir, worker_id):
-    return "ipc://%s/w%d" % (ipc_dir, worker_id)
 PARENT_CHECK_MS = 500           # an idle worker checks on its parent this often
 IDLE_TICK = 0.01
 
 
+def sink_endpoint(ipc_dir: str) -> str:
+    return "ipc://%s/sink" % ipc_dir
+
+
+def worker_endpoint(ipc_dir: str, worker_id: int) -> str:
+    return "ipc://%s/w%d" % (ipc_dir, worker_id)
+
+
+class LocalWorkers:
+    """What every local worker needs, captured before the fork server is forked; called in
+    each new worker process (see forkserver.RunWorker)."""
+
+    def __init__(self, make_consumer: Callable[[], Consumer], name: str, ipc_dir: str,
+                 progress: ProgressTable, giveback_after: float):
+        self.make_consumer = make_consumer
+        self.name = name
+        self.ipc_dir = ipc_dir
+        self.progress = progress
+        self.giveback_after = giveback_after
+
+    def __call__(self, worker_id: int, slot: int, parent: int) -> int:
+        prepare_process("gaspar2 worker %d %s" % (worker_id, self.name))
+        worker = Worker(self.make_consumer, worker_id, worker_endpoint(self.ipc_dir, worker_id),
+                        sink_endpoint(self.ipc_dir), parent, self.giveback_after,
+                        self.progress, slot)
+        return worker.run()
+
+
 class Worker:
-    def __init__(self, make_consumer, worker_id, endpoint, sink, parent_pid, giveback_after,
-                 progress, slot):
+    def __init__(self, make_consumer: Callable[[], Consumer], worker_id: int,
+                 endpoint: str | None, sink: str, parent_pid: int, giveback_after: float,
+                 progress: ProgressTable, slot: int):
         self.make_consumer = make_consumer
         self.id = worker_id
         self.progress = progress        # shared with the producer: what this worker started
-        self.offset = slot * framing.PROGRESS.size
+        self.slot = slot
         self.endpoint = endpoint
         self.sink = sink
         self.parent_pid = parent_pid
         self.min_giveback = giveback_after
         self.typical = 0.0              # moving average of handler time, seconds
         self.lock = threading.Lock()    # guards `queue`, `current` and the PULL socket
-        self.queue = collections.deque()
-        self.current = None
+        self.queue: collections.deque[tuple[int, zmq.Frame]] = collections.deque()
+        self.current: int | None = None
         self.started = 0.0
-        self.stuck_on = None            # the request the producer was told is slow
+        self.stuck_on: int | None = None   # the request the producer was told is slow
         self.stopping = False
         self.contact = 0.0              # when the producer was last heard from
 
-    def run(self):
+    def run(self) -> int:
         """Serve until told to stop or orphaned; returns the exit status."""
         signal.signal(signal.SIGTERM, self._on_term)
         try:
@@ -82,7 +107,7 @@ class Worker:
         self.push.connect(self.sink)
         self.watch_push = ctx.socket(zmq.PUSH)
         self.watch_push.connect(self.sink)
-        self.push.send(framing.HELLO_FIELDS.pack(framing.HELLO, self.id, os.getpid()))
+        self.push.send(wire.encode_head(wire.HELLO, self.id, os.getpid()))
 
     def _serve(self):
         self.pull.rcvtimeo = PARENT_CHECK_MS      # an idle worker's wait, see _next_job
@@ -111,39 +136,40 @@ class Worker:
             job = self.queue.popleft()
             self.current = job[0]
             self.started = time.monotonic()
-            framing.PROGRESS.pack_into(self.progress, self.offset, job[0], self.started)
+            self.progress.record(self.slot, job[0], self.started)
             return job
 
     def _receive(self, flags):
         """Move one batch from the PULL socket into the local queue (lock held); False if
         none came."""
         try:
-            frames = framing.recv_frames(self.pull, flags)
+            frames = wire.recv_frames(self.pull, flags)
         except zmq.Again:
             return False
         self.contact = time.monotonic()
-        ids = framing.unpack_ids(frames[0].bytes)
-        self.queue.extend(zip(ids, frames[1:]))
+        self.queue.extend(wire.decode_batch(frames))
         return True
 
     def _drain(self):
         """Move every batch waiting in the PULL socket into the local queue (lock held)."""
-        while self._receive(framing.NOBLOCK):
+        while self._receive(wire.NOBLOCK):
             pass
 
-    def _run(self, request_id, payload):
+    def _run(self, request_id: int, payload: zmq.Frame) -> None:
         began = time.monotonic()
         try:
             body = reply_bytes(self.consumer.handle(payload.bytes))
         except Exception:
             text = "worker %d (pid %d):\n%s" % (self.id, os.getpid(), traceback.format_exc())
-            self.push.send(framing.KIND_ID.pack(framing.ERROR, request_id), framing.SNDMORE)
+            self.push.send(wire.encode_head(wire.ERROR, self.id, request_id), wire.SNDMORE)
             self.push.send(text.encode())
         else:
-            self.push.send(framing.KIND_ID.pack(framing.REPLY, request_id), framing.SNDMORE)
-            self.push.send(body, 0, copy=len(body) < framing.ZERO_COPY_MIN)
+            self.push.send(wire.encode_head(wire.REPLY, self.id, request_id), wire.SNDMORE)
+            self.push.send(body, 0, copy=len(body) < wire.ZERO_COPY_MIN)
+        done = time.monotonic()
+        self.progress.record(self.slot, 0, done)        # idle again
         # A slow request counts no more than the threshold, so one cannot inflate it.
-        elapsed = min(time.monotonic() - began, self._threshold())
+        elapsed = min(done - began, self._threshold())
         self.typical += (elapsed - self.typical) * 0.2
 
     def _watch(self):
@@ -177,8 +203,8 @@ class Worker:
         self.stuck_on = self.current
         ids = [job[0] for job in self.queue]
         self.queue.clear()
-        head = framing.GIVEBACK_FIELDS.pack(framing.GIVEBACK, self.id, self.current)
-        self.watch_push.send_multipart([head, framing.pack_ids(ids)])
+        head = wire.encode_head(wire.GIVEBACK, self.id, self.current)
+        self.watch_push.send_multipart([head, wire.pack_ids(ids)])
 
     def _on_term(self, signum, frame):
         """Finish the request under way; an idle worker leaves at once.
@@ -196,7 +222,7 @@ class StopNow(Exception):
     """Raised by the TERM handler to leave an idle worker's wait."""
 
 
-def prepare_process(title):
+def prepare_process(title: str) -> None:
     """Signal dispositions for a worker: the producer decides when it stops."""
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)

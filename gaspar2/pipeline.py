@@ -1,0 +1,177 @@
+"""The request path: how a request travels between the parts, and how the parts hear of
+each other.
+
+front end (frame read) -> dispatch (backlog, a free worker) -> transport (PUSH) -> worker
+-> transport (sink) -> dispatch (who held it) -> front end (reply written, or reset)
+
+The pipeline is the one listener of every part (``FrontEndEvents``, ``DispatchEvents``,
+``SupervisorEvents``, ``TransportEvents``): no part calls another. It holds no state of its
+own but for one flag; what concerns the producer's lifecycle goes up through
+``PipelineEvents``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Protocol
+
+from . import wire
+from .connections import Connection, FrontEnd
+from .dispatch import Dispatcher, Seat
+from .observe import Observer
+from .progress import ProgressTable
+from .remote import RemoteMembers
+from .supervisor import Supervisor
+from .transport import Transport, sender
+
+log = logging.getLogger("gaspar2")
+
+
+class PipelineEvents(Protocol):
+    def workers_ready(self) -> None:
+        """Every local worker wanted is ready."""
+
+    def worker_gone(self, description: str) -> None:
+        """A worker exited (fatal while starting)."""
+
+    def forkserver_gone(self) -> None: ...
+
+    def idle(self) -> None:
+        """No client connection is open."""
+
+
+class LoopClock:
+    """The supervisor's clock and timers, on gevent's loop."""
+
+    def __init__(self, loop: Any):
+        self.loop = loop
+
+    def now(self) -> float:
+        return float(self.loop.now())
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
+        timer = self.loop.timer(delay)
+        timer.start(callback)
+        return timer
+
+
+class Pipeline:
+    def __init__(self, owner: PipelineEvents, settings: Any, loop: Any, progress: ProgressTable):
+        self.owner = owner
+        self.settings = settings
+        self.loop = loop
+        self.dispatcher = Dispatcher(self)
+        self.frontend = FrontEnd(loop, self, settings)
+        self.supervisor = Supervisor(self, LoopClock(loop), settings.workers,
+                                     settings.max_requests, settings.max_requests_jitter, progress)
+        self.transport: Transport | None = None
+        self.remote: RemoteMembers | None = None
+        self.observer: Observer | None = None
+        self.closing = False            # worker exits are expected now
+        self._dispatch_pending = False
+
+    def ready_count(self) -> int:
+        return self.supervisor.ready_count() + (self.remote.ready_count() if self.remote else 0)
+
+    # -- the front end's events ------------------------------------------------------------
+
+    def request_received(self, conn: Connection) -> None:
+        self.dispatcher.submit(conn)
+        self._schedule_dispatch()
+
+    def accept_done(self) -> None:
+        self.dispatcher.dispatch()      # what this wake-up read goes out together, now
+
+    def connection_closed(self, conn: Connection, outcome: str) -> None:
+        if self.observer is not None:
+            self.observer.request_done(conn, outcome, self.loop.now())
+        if not self.frontend.conns:
+            self.owner.idle()
+
+    def _schedule_dispatch(self) -> None:
+        """Dispatch at the end of this loop iteration, so that requests read by several
+        watchers go out together."""
+        if not self._dispatch_pending and self.dispatcher.waiting:
+            self._dispatch_pending = True
+            self.loop.run_callback(self._scheduled_dispatch)
+
+    def _scheduled_dispatch(self) -> None:
+        self._dispatch_pending = False
+        self.dispatcher.dispatch()
+
+    # -- supervision's events ----------------------------------------------------------------
+
+    def worker_ready(self, worker: Any) -> None:
+        if worker.id in self.dispatcher.seats:
+            log.warning("%r claims the id of a worker already serving: ignored", worker)
+            return
+        assert self.transport is not None
+        send = sender(worker.push) if worker.remote else self.transport.connect_local(worker.id)
+        window = 1 if worker.remote else self.settings.window
+        self.dispatcher.add(Seat(worker.id, send, window, worker.lifetime))
+        if self.supervisor.ready_count() == self.settings.workers:
+            self.owner.workers_ready()
+        self._schedule_dispatch()
+
+    def worker_retiring(self, worker: Any) -> None:
+        self.dispatcher.retire(worker.id)
+
+    def worker_lost(self, worker: Any, cause: str, kind: str, started: int | None) -> None:
+        """A worker is gone: fail the requests it ran, give the others to the rest."""
+        assert self.transport is not None
+        if self.observer is not None:
+            self.observer.worker_exited(kind)
+        self.transport.read_all()       # replies it sent before it died are not lost
+        for conn in self.dispatcher.remove(worker.id, started):
+            self.frontend.fail(conn, "worker_died", "%r %s while running this request",
+                               worker, cause)
+        self.transport.disconnect(worker.id)
+        log.log(logging.INFO if self.closing else logging.WARNING, "%r %s", worker, cause)
+        self.owner.worker_gone("%r %s" % (worker, cause))
+        self._schedule_dispatch()
+
+    def forkserver_gone(self) -> None:
+        self.owner.forkserver_gone()
+
+    # -- dispatch's events -------------------------------------------------------------------
+
+    def seat_spent(self, seat: Seat) -> None:
+        self.supervisor.retire(seat.worker_id, "took %d requests (max_requests)" % seat.assigned)
+
+    def seat_drained(self, seat: Seat) -> None:
+        self.supervisor.drained(seat.worker_id)
+
+    # -- the workers' messages ---------------------------------------------------------------
+
+    def messages_read(self) -> None:
+        self.dispatcher.dispatch()
+
+    def message(self, message: wire.Message, local: bool) -> None:
+        kind, worker_id, field, frames = message
+        if kind == wire.REPLY:
+            conn = self.dispatcher.take(worker_id, field)
+            if conn is not None:
+                conn.served_by = worker_id
+                self.frontend.reply(conn, frames[1].buffer)
+        elif kind == wire.ERROR:
+            conn = self.dispatcher.take(worker_id, field)
+            if conn is not None:
+                conn.served_by = worker_id
+                text = frames[1].bytes.decode("utf-8", "replace")
+                self.frontend.fail(conn, "handler_error", "handler failed in %s", text)
+        elif kind == wire.GIVEBACK:
+            self.dispatcher.give_back(worker_id, field, wire.unpack_ids(frames[1].bytes))
+        elif kind == wire.HEARTBEAT and self.remote is not None:
+            self.remote.heard(worker_id, self.loop.now())
+        elif kind == wire.HELLO and local:
+            self.supervisor.hello(worker_id, field)
+        elif kind == wire.HELLO and self.remote is not None and len(frames) == 3:
+            self.remote.hello(worker_id, field, frames[1].bytes, frames[2].bytes, self.loop.now())
+
+    def sweep(self) -> None:
+        """Enforce the timeouts."""
+        self.frontend.sweep(self.loop.now())
+        if self.settings.worker_timeout is not None:
+            self.supervisor.check_runaway(self.settings.worker_timeout)
+        if self.remote is not None:
+            self.remote.check(self.loop.now())

@@ -1,0 +1,111 @@
+"""Process utilities every role shares: titles, the parent-death signal, fork hygiene, the
+private ipc directory, the open-file limit and the back-off between respawns."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import stat
+import tempfile
+
+log = logging.getLogger("gaspar2")
+
+PR_SET_PDEATHSIG = 1
+
+
+def set_title(title: str) -> None:
+    """Name this process for ps and top, when setproctitle is installed."""
+    try:
+        import setproctitle
+    except ImportError:
+        return
+    setproctitle.setproctitle(title)
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask Linux to SIGKILL this process when its parent dies; exit if it already has."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass        # not Linux: workers still notice through getppid()
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def close_inherited_sockets(keep: set[int]) -> None:
+    """Close every socket fd but ``keep``: client connections, listeners, ZeroMQ's own."""
+    try:
+        fds: list[int] | range = [int(name) for name in os.listdir("/proc/self/fd")]
+    except OSError:
+        fds = range(3, os.sysconf("SC_OPEN_MAX"))
+    for fd in fds:
+        if fd in keep:
+            continue
+        try:
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                os.close(fd)
+        except OSError:
+            pass
+
+
+def ignore_signals(*signals: signal.Signals) -> None:
+    for sig in signals:
+        signal.signal(sig, signal.SIG_IGN)
+
+
+def make_ipc_dir() -> str:
+    """A private directory for the ipc sockets, named after this process; directories
+    left by producers that were killed are removed."""
+    base = tempfile.gettempdir()
+    for name in os.listdir(base):
+        parts = name.split("-")
+        if len(parts) == 3 and parts[0] == "gaspar2" and parts[1].isdigit():
+            try:
+                os.kill(int(parts[1]), 0)
+            except ProcessLookupError:
+                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
+            except PermissionError:
+                pass
+    return tempfile.mkdtemp(prefix="gaspar2-%d-" % os.getpid())
+
+
+def raise_open_file_limit(wanted: int) -> int:
+    """Raise the soft open-file limit as far as the hard one allows; log what we serve with."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-file limit from %d: %s", soft, exc)
+    level = logging.WARNING if soft < wanted + 64 else logging.INFO
+    log.log(level, "open-file limit %d (max_connections %d)", soft, wanted)
+    return soft
+
+
+class Backoff:
+    """The delay before the next start of something that keeps failing: it doubles with
+    each failure in a row, up to ``cap``, and a success starts it over."""
+
+    def __init__(self, first: float = 0.1, cap: float = 10.0):
+        self.first, self.cap = first, cap
+        self.failures = 0
+
+    def failed(self) -> float:
+        """Count one more failure; the delay to wait before the next try."""
+        self.failures += 1
+        return self.delay()
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    def delay(self) -> float:
+        if not self.failures:
+            return 0.0
+        return min(self.first * 2 ** (self.failures - 1), self.cap)

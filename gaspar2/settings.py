@@ -1,0 +1,151 @@
+"""Every option, once: its name, default, type, help and command-line flag.
+
+``Producer`` keyword arguments, ``gaspar2 serve`` flags and the defaults both use come from
+the one table below; nothing else writes a default down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import types
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .wire import DEFAULT_MAX_MESSAGE_SIZE
+
+MiB = 2**20
+UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": MiB, "mb": 10**6,
+         "mib": MiB, "g": 2**30, "gb": 10**9, "gib": 2**30}
+
+
+def size(text: str | int) -> int:
+    """Bytes, from ``1048576``, ``1MiB``, ``64m`` or ``2GB``."""
+    if isinstance(text, int):
+        return text
+    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in UNITS:
+        raise ValueError("expected a size such as 1048576, 64MiB or 2GB, got %r" % (text,))
+    return int(match.group(1)) * UNITS[match.group(2).lower()]
+
+
+def flag(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    value = str(text).strip().lower()
+    if value not in ("1", "0", "true", "false", "yes", "no", "on", "off"):
+        raise ValueError("expected true or false, got %r" % (text,))
+    return value in ("1", "true", "yes", "on")
+
+
+LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def level(text: str) -> str:
+    if str(text).lower() not in LEVELS:
+        raise ValueError("expected one of %s, got %r" % (", ".join(LEVELS), text))
+    return str(text).lower()
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    convert: Callable[[Any], Any]
+    help: str
+    flags: tuple[str, ...] = ()     # none: a Producer keyword argument only
+    metavar: str | None = None
+    producer: bool = True           # False: for the command line's own process only
+
+
+S = Setting
+SETTINGS: tuple[Setting, ...] = (
+    S("host", "127.0.0.1", str, "the address to listen on", ("--host",), "HOST"),
+    S("port", 10123, int, "the port to listen on; 0 picks a free one", ("--port",), "PORT"),
+    S("workers", None, int, "worker processes (default: one per CPU)", ("--workers",), "N"),
+    S("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, size,
+      "a request whose length prefix says more is refused (reset) unread",
+      ("--max-message-size",), "BYTES"),
+    S("timeout", None, float,
+      "fail (reset) a request not answered within S seconds; the worker is not stopped "
+      "(see --worker-timeout)", ("--timeout",), "S"),
+    S("worker_timeout", None, float,
+      "kill and replace a worker busy on one request for S seconds; that request fails",
+      ("--worker-timeout",), "S"),
+    S("read_timeout", 10.0, float,
+      "drop a client that has not sent its whole frame within S seconds",
+      ("--read-timeout",), "S"),
+    S("graceful_timeout", 30.0, float,
+      "on stop, how long to finish the requests already received", ("--graceful-timeout",), "S"),
+    S("max_connections", 10000, int,
+      "past N open connections, leave the rest in the kernel's listen queue",
+      ("--max-connections",), "N"),
+    S("backlog", 2048, int, "the listen queue's length", ("--backlog",), "N"),
+    S("max_requests", None, int, "replace a worker after N requests (default: never)",
+      ("--max-requests",), "N"),
+    S("max_requests_jitter", 0, int,
+      "add 0..N to each worker's max-requests, so they do not all restart at once",
+      ("--max-requests-jitter",), "N"),
+    S("metrics", None, str, "serve Prometheus metrics there (needs the 'metrics' extra)",
+      ("--metrics",), "HOST:PORT"),
+    S("access_log", False, flag,
+      "log one line per request (client, outcome, sizes, time, worker)", ("--access-log",)),
+    S("remote_workers", None, str, "let workers on other machines join at this endpoint",
+      ("--remote-workers",), "tcp://HOST:PORT"),
+    S("curve_secret_key", None, str, "this producer's .key_secret (from 'gaspar2 keys')",
+      ("--curve-secret-key",), "FILE"),
+    S("curve_authorized", None, str, "the public .key files of the workers allowed to join",
+      ("--curve-authorized",), "DIR|FILE"),
+    S("insecure_remote", False, flag,
+      "allow remote workers without CURVE on a non-loopback address",
+      ("--insecure-remote-workers",)),
+    S("heartbeat", 1.0, float,
+      "remote worker heartbeat; 3 missed ones mean it is gone", ("--heartbeat",), "S"),
+    S("window", 8, int, "requests a worker may hold while it runs quick ones"),
+    S("giveback_after", 0.005, float,
+      "a worker's request that runs longer than this (or 4x its usual time) is slow: "
+      "what the worker holds behind it goes to others"),
+    S("name", None, str, "the name in process titles and logs (default: the handler's)"),
+    S("log_level", "info", level, "the lowest level logged", ("--log-level",), "LEVEL",
+      producer=False),
+)
+BY_NAME = {s.name: s for s in SETTINGS}
+DEFAULTS = {s.name: s.default for s in SETTINGS}
+
+
+class Settings(types.SimpleNamespace):
+    """Resolved settings: every name of the table as an attribute."""
+
+
+def resolve(given: dict[str, Any]) -> Settings:
+    """The defaults overlaid with ``given`` (None keeps a default); unknown names raise
+    TypeError, as an unknown keyword argument does."""
+    unknown = sorted(set(given) - set(BY_NAME))
+    if unknown:
+        raise TypeError("unknown option%s: %s" % ("s" * (len(unknown) > 1), ", ".join(unknown)))
+    values = dict(DEFAULTS)
+    for name, value in given.items():
+        if value is not None:
+            values[name] = BY_NAME[name].convert(value)
+    return Settings(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """One flag per setting that has one (or per setting in ``names``). Flags not given
+    are absent from the parsed namespace, so what the user said can be told from defaults."""
+    for setting in SETTINGS:
+        if not setting.flags or (names is not None and setting.name not in names):
+            continue
+        default = setting.default
+        text = setting.help + ("" if default in (None, False) else " (default %s)" % default)
+        if setting.convert is flag:
+            parser.add_argument(*setting.flags, dest=setting.name, action="store_true",
+                                default=argparse.SUPPRESS, help=text)
+        else:
+            parser.add_argument(*setting.flags, dest=setting.name, type=setting.convert,
+                                metavar=setting.metavar, default=argparse.SUPPRESS, help=text)
+
+
+def producer_options(values: dict[str, Any]) -> dict[str, Any]:
+    """The subset of ``values`` that ``Producer`` takes."""
+    return {k: v for k, v in values.items() if k in BY_NAME and BY_NAME[k].producer}

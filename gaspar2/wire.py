@@ -1,0 +1,254 @@
+"""Wire formats: the client frame, the messages between the producer and its workers, and
+the fork server's control channel.
+
+Every decode here validates what it is given: a peer's message is a claim, and a malformed
+one is reported as data (``FrameError.kind``, ``BadMessage``), never as text to match.
+
+Client frame: a 4-byte unsigned length in network byte order, then that many payload bytes.
+
+Producer -> worker, one ZeroMQ multipart message per batch: ``[ids, payload, payload, ...]``
+where ``ids`` packs one unsigned 64-bit request id per payload.
+
+Worker -> producer, on a sink: ``[head, body...]``; the head starts with the kind (one byte)
+and the sending worker's id, then the kind's own fields (see ``HEADS``).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import NamedTuple
+
+import zmq
+
+HEADER = struct.Struct("!I")
+MAX_LENGTH = 2**32 - 1
+DEFAULT_MAX_MESSAGE_SIZE = 64 * 2**20
+
+# Worker -> producer message kinds (the first byte of the head).
+HELLO = b"H"      # fields: worker id, pid. The worker is connected both ways and ready.
+                  # A remote worker adds two frames: the endpoint it listens on, its key.
+HEARTBEAT = b"P"  # fields: worker id. A remote worker is alive.
+REPLY = b"R"      # fields: worker id, request id; frame 2 is the reply body.
+ERROR = b"E"      # fields: worker id, request id; frame 2 is the handler's traceback, UTF-8.
+GIVEBACK = b"G"   # fields: worker id, the request it is stuck on; frame 2 packs the ids
+                  # of the requests it holds and will not run (none: it only says so).
+
+HEADS = {
+    HELLO: struct.Struct("!cQI"),
+    HEARTBEAT: struct.Struct("!cQ"),
+    REPLY: struct.Struct("!cQQ"),
+    ERROR: struct.Struct("!cQQ"),
+    GIVEBACK: struct.Struct("!cQQ"),
+}
+FRAME_COUNTS = {HELLO: (1, 3), HEARTBEAT: (1,), REPLY: (2,), ERROR: (2,), GIVEBACK: (2,)}
+
+MISSED_BEATS = 3    # a remote worker silent for this many heartbeat intervals is gone
+
+# Plain ints: pyzmq's enum flags cost a Python-level operation on every call.
+SNDMORE, NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+# Below this many bytes, copying into a ZeroMQ message is cheaper than a zero-copy send.
+ZERO_COPY_MIN = 64 * 1024
+ID = struct.Struct("!Q")
+
+
+# -- the client frame -------------------------------------------------------------------------
+
+class FrameError(Exception):
+    """The client sent something that is not one valid frame; ``kind`` says what."""
+
+    CLOSED = "closed"          # EOF before the frame was whole: ``got`` of ``expected`` bytes
+    TOO_LONG = "too_long"      # a length over the limit: ``got`` is the length, ``expected`` the limit
+    TRAILING = "trailing"      # ``got`` bytes after the frame
+
+    def __init__(self, kind: str, got: int = 0, expected: int = 0, in_header: bool = False):
+        self.kind, self.got, self.expected, self.in_header = kind, got, expected, in_header
+        super().__init__(self._describe())
+
+    @property
+    def is_probe(self) -> bool:
+        """Connected and closed without a byte: a port probe or a health check."""
+        return self.kind == self.CLOSED and self.in_header and self.got == 0
+
+    def _describe(self) -> str:
+        if self.kind == self.CLOSED:
+            part = "header" if self.in_header else "payload"
+            return "closed after %d of %d %s bytes" % (self.got, self.expected, part)
+        if self.kind == self.TOO_LONG:
+            return "length %d is over max_message_size %d" % (self.got, self.expected)
+        return "%d bytes after the frame" % self.got
+
+
+def pack(message: bytes | bytearray | memoryview | str) -> bytes:
+    """Prefix ``message`` (bytes-like, or str sent as UTF-8) with its length."""
+    if isinstance(message, str):
+        message = message.encode("utf-8")
+    if len(message) > MAX_LENGTH:
+        raise ValueError("message of %d bytes does not fit a 4-byte length" % len(message))
+    return HEADER.pack(len(message)) + bytes(message)
+
+
+# The first read of every frame lands here, so a small frame takes one recv and one copy.
+# Safe to share: each read is copied out before the next one.
+_SCRATCH = bytearray(64 * 1024)
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+
+
+class FrameReader:
+    """Reads one frame from a socket across as many wake-ups as it takes, never blocking."""
+
+    __slots__ = ("max_size", "header", "got", "payload")
+
+    def __init__(self, max_size: int):
+        self.max_size = max_size
+        self.header = b""
+        self.got = 0
+        self.payload: bytes | bytearray | None = None
+
+    def read_from(self, sock: socket.socket) -> bool:
+        """Read what is there; True once the frame is complete.
+
+        Reads until the socket would block, so a large frame takes few wake-ups. Raises
+        FrameError on an oversized length, bytes past the frame or an early EOF, and lets
+        BlockingIOError (nothing to read yet) and other OSErrors through.
+        """
+        if self.payload is None and not self._read_header(sock):
+            return False
+        assert self.payload is not None
+        view = memoryview(self.payload)
+        size = len(self.payload)
+        while self.got < size:
+            n = sock.recv_into(view[self.got:], 0, _DONTWAIT)
+            if not n:
+                raise FrameError(FrameError.CLOSED, self.got, size)
+            self.got += n
+        return True
+
+    def _read_header(self, sock: socket.socket) -> bool:
+        n = sock.recv_into(_SCRATCH, 0, _DONTWAIT)
+        if not n:
+            raise FrameError(FrameError.CLOSED, len(self.header), HEADER.size, in_header=True)
+        data = self.header + _SCRATCH[:n]
+        if len(data) < HEADER.size:
+            self.header = bytes(data)
+            return False
+        (length,) = HEADER.unpack_from(data)
+        if length > self.max_size:
+            raise FrameError(FrameError.TOO_LONG, length, self.max_size)
+        body = len(data) - HEADER.size
+        if body > length:
+            raise FrameError(FrameError.TRAILING, body - length)
+        if body == length:
+            self.payload = bytes(data[HEADER.size:])
+        else:
+            self.payload = bytearray(length)
+            self.payload[:body] = data[HEADER.size:]
+        self.got = body
+        return True
+
+
+# -- ZeroMQ messages between the producer and its workers ------------------------------------
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
+    """One multipart ZeroMQ message as zmq.Frame objects (recv_multipart without the
+    per-part option lookups)."""
+    frame = sock.recv(flags, copy=False)
+    frames = [frame]
+    while frame.more:
+        frame = sock.recv(flags, copy=False)
+        frames.append(frame)
+    return frames
+
+
+def send_frames(sock: zmq.Socket, frames: list, flags: int = 0, copy: bool = True) -> None:
+    """send_multipart with plain int flags. ZeroMQ takes or refuses a message whole on its
+    first part, so only that one can raise zmq.Again."""
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        sock.send(frame, flags | SNDMORE if i < last else flags, copy=copy)
+
+
+def pack_ids(ids: list[int] | tuple[int, ...]) -> bytes:
+    return struct.pack("!%dQ" % len(ids), *ids)
+
+
+def unpack_ids(data: bytes) -> tuple[int, ...]:
+    if len(data) % ID.size:
+        raise BadMessage("an id list of %d bytes" % len(data))
+    return struct.unpack("!%dQ" % (len(data) // ID.size), data)
+
+
+def send_batch(sock: zmq.Socket, ids: list[int], payloads: list) -> None:
+    """Producer -> worker: requests in one message. Raises zmq.Again if it cannot take it."""
+    small = sum(len(p) for p in payloads) < ZERO_COPY_MIN
+    send_frames(sock, [pack_ids(ids)] + payloads, NOBLOCK, copy=small)
+
+
+def decode_batch(frames: list[zmq.Frame]) -> list[tuple[int, zmq.Frame]]:
+    """Worker side of ``send_batch``: (request id, payload frame) pairs."""
+    ids = unpack_ids(frames[0].bytes)
+    if len(ids) != len(frames) - 1:
+        raise BadMessage("%d ids for %d payloads" % (len(ids), len(frames) - 1))
+    return list(zip(ids, frames[1:]))
+
+
+class BadMessage(Exception):
+    """A message on a sink that is not one of ours: dropped, never acted on."""
+
+
+class Message(NamedTuple):
+    """One decoded worker message: ``field`` is the pid (HELLO) or a request id."""
+
+    kind: bytes
+    worker_id: int
+    field: int
+    frames: list
+
+
+def encode_head(kind: bytes, worker_id: int, field: int | None = None) -> bytes:
+    head = HEADS[kind]
+    return head.pack(kind, worker_id) if field is None else head.pack(kind, worker_id, field)
+
+
+def decode(frames: list) -> Message:
+    """Validate and decode one message from a sink; BadMessage says what is wrong."""
+    head = frames[0].bytes if isinstance(frames[0], zmq.Frame) else bytes(frames[0])
+    kind = head[:1]
+    layout = HEADS.get(kind)
+    if layout is None:
+        raise BadMessage("unknown kind %r" % kind)
+    if len(head) != layout.size:
+        raise BadMessage("a %r head of %d bytes, not %d" % (kind, len(head), layout.size))
+    if len(frames) not in FRAME_COUNTS[kind]:
+        raise BadMessage("a %r message of %d frames" % (kind, len(frames)))
+    fields = layout.unpack(head)
+    return Message(kind, fields[1], fields[2] if len(fields) > 2 else 0, frames)
+
+
+# -- the fork server's control channel -------------------------------------------------------
+
+# One fixed-size record per message: kind, worker id, two numbers.
+SPAWN = 1      # producer -> fork server: worker id, its progress slot
+KILL = 2       # producer -> fork server: worker id, signal number
+SPAWNED = 3    # fork server -> producer: worker id, pid
+EXITED = 4     # fork server -> producer: worker id, pid, wait status
+RECORD = struct.Struct("!BQqq")
+
+
+def encode_record(kind: int, worker_id: int, a: int = 0, b: int = 0) -> bytes:
+    return RECORD.pack(kind, worker_id, a, b)
+
+
+class RecordReader:
+    """Splits a stream of channel bytes into records, across reads of any size."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+
+    def feed(self, data: bytes) -> list[tuple[int, int, int, int]]:
+        self.buffer += data
+        whole = len(self.buffer) - len(self.buffer) % RECORD.size
+        records = [RECORD.unpack_from(self.buffer, at) for at in range(0, whole, RECORD.size)]
+        self.buffer = self.buffer[whole:]
+        return records

@@ -1,0 +1,186 @@
+"""``gaspar2 worker``: a group of workers on another machine, joining a producer over TCP.
+
+Each remote worker binds a PULL on a TCP port of its own, connects a PUSH to the producer's
+remote sink and says HELLO with its address and public key. It sends a heartbeat every
+interval and says HELLO again after ``MISSED_BEATS`` intervals without a word from the
+producer, so it rejoins a producer that restarts. The group leader keeps the wanted number
+of workers running, with the same back-off as local supervision.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import time
+import urllib.parse
+from typing import Callable
+
+import zmq
+
+from . import curve, wire
+from .consumer import Consumer, as_consumer
+from .procutil import Backoff, die_with_parent
+from .progress import ProgressTable
+from .supervisor import YOUNG
+from .worker import Worker, prepare_process
+
+log = logging.getLogger("gaspar2.remote")
+
+
+class RemoteWorker(Worker):
+    """A worker process on another machine."""
+
+    def __init__(self, make_consumer: Callable[[], Consumer], connect: str, listen_host: str,
+                 advertise_host: str, keys: tuple[bytes, bytes] | None,
+                 server_key: bytes | None, heartbeat: float, parent_pid: int):
+        super().__init__(make_consumer, random.getrandbits(63), None, connect, parent_pid,
+                         giveback_after=3600.0, progress=ProgressTable(1), slot=0)
+        self.listen_host = listen_host
+        self.advertise_host = advertise_host
+        self.keys = keys                  # (public, secret) of this worker, or None
+        self.server_key = server_key      # the producer's public key
+        self.heartbeat = heartbeat
+
+    def _connect(self, ctx: zmq.Context) -> None:
+        self.pull = ctx.socket(zmq.PULL)
+        if self.keys is not None:
+            assert self.server_key is not None
+            self.auth = curve.start_authenticator(ctx, curve.KeyRing([self.server_key], "producer"))
+        curve.make_server(self.pull, self.keys)
+        port = self.pull.bind_to_random_port("tcp://%s" % self.listen_host)
+        self.endpoint = "tcp://%s:%d" % (self.advertise_host, port)
+        self.push = self._pusher(ctx)
+        self.watch_push = self._pusher(ctx)
+        self._hello()
+
+    def _pusher(self, ctx: zmq.Context) -> zmq.Socket:
+        push = ctx.socket(zmq.PUSH)
+        push.linger = 1000
+        curve.make_client(push, self.keys, self.server_key)
+        push.connect(self.sink)
+        return push
+
+    def _hello(self) -> None:
+        head = wire.encode_head(wire.HELLO, self.id, os.getpid())
+        public = self.keys[0] if self.keys is not None else b""
+        assert self.endpoint is not None
+        self.watch_push.send_multipart([head, self.endpoint.encode(), public])
+
+    def _watch(self) -> None:
+        """Heartbeats out; HELLO again whenever the producer has been silent too long."""
+        beat = wire.encode_head(wire.HEARTBEAT, self.id)
+        while True:
+            time.sleep(self.heartbeat)
+            self.watch_push.send(beat)
+            if time.monotonic() - self.contact > wire.MISSED_BEATS * self.heartbeat:
+                self._hello()
+
+
+class GroupStop(Exception):
+    """TERM or INT reached the worker group's leader."""
+
+
+class WorkerGroup:
+    """The leader: forks the workers, replaces those that exit, stops them all on TERM."""
+
+    def __init__(self, spec: str, size: int, make_worker: Callable[[int], RemoteWorker]):
+        self.spec = spec
+        self.size = size
+        self.make_worker = make_worker
+        self.children: dict[int, tuple[int, float]] = {}   # pid -> (number, started at)
+        self.due: dict[int, float] = {}                     # number -> when to start it again
+        self.backoff = Backoff()
+
+    def run(self) -> int:
+        def stop(signum: int, frame: object) -> None:
+            raise GroupStop
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})   # waited for below
+        try:
+            for n in range(1, self.size + 1):
+                self._spawn(n)
+            log.info("%d remote workers for %s", self.size, self.spec)
+            while True:
+                self._reap()
+                self._start_due()
+                wait = min(self.due.values(), default=time.monotonic() + 3600) - time.monotonic()
+                signal.sigtimedwait({signal.SIGCHLD}, max(wait, 0.001))
+        except GroupStop:
+            pass
+        self._stop_all()
+        return 0
+
+    def _spawn(self, n: int) -> None:
+        leader = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+            die_with_parent(leader)
+            prepare_process("gaspar2 remote-worker %d %s" % (n, self.spec))
+            os._exit(self.make_worker(leader).run())
+        self.children[pid] = (n, time.monotonic())
+
+    def _reap(self) -> None:
+        """Note each exit; its replacement starts after the back-off, never in a loop."""
+        while self.children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                return
+            n, started = self.children.pop(pid, (0, 0.0))
+            if not n:
+                continue
+            if time.monotonic() - started < YOUNG:
+                delay = self.backoff.failed()
+            else:
+                self.backoff.succeeded()
+                delay = 0.0
+            log.warning("remote worker %d (pid %d) exited (status %d): starting another in "
+                        "%.1f s", n, pid, status, delay)
+            self.due[n] = time.monotonic() + delay
+
+    def _start_due(self) -> None:
+        now = time.monotonic()
+        for n, when in list(self.due.items()):
+            if when <= now:
+                del self.due[n]
+                self._spawn(n)
+
+    def _stop_all(self) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        for pid in self.children:
+            os.kill(pid, signal.SIGTERM)
+        for _ in list(self.children):
+            try:
+                os.wait()
+            except ChildProcessError:
+                break
+
+
+def serve_group(spec: str, connect: str, workers: int, listen_host: str,
+                advertise_host: str | None, secret_key_file: str | None,
+                server_key_file: str | None, heartbeat: float) -> int:
+    """Keep ``workers`` remote worker processes running for the producer at ``connect``."""
+    keys = curve.load_secret(secret_key_file) if secret_key_file else None
+    server_key = curve.load_public_keys(server_key_file)[0] if server_key_file else None
+    advertise = advertise_host or route_address(connect)
+
+    def make_worker(leader: int) -> RemoteWorker:
+        return RemoteWorker(lambda: as_consumer(spec), connect, listen_host, advertise,
+                            keys, server_key, heartbeat, leader)
+
+    log.info("joining %s", connect)
+    return WorkerGroup(spec, workers, make_worker).run()
+
+
+def route_address(endpoint: str) -> str:
+    """The local address this machine uses to reach ``endpoint``'s host."""
+    parts = urllib.parse.urlsplit(endpoint)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((parts.hostname, parts.port or 9))
+        return str(probe.getsockname()[0])
