@@ -166,3 +166,24 @@ def test_plain_remote_endpoint_off_loopback_is_refused(tmp_path):
     assert server.wait_exit() == 1
     assert "without CURVE keys" in server.log()
     server.stop()
+
+
+def test_group_replaces_a_worker_that_lived_at_once_however_often(serve, groups, keys):
+    # Back-off is for workers that die young; one that served a while is replaced at once,
+    # even after many such deaths (the back-off starts over).
+    port = free_port()
+    server = serve_with_remote(serve, keys, port)
+    group = groups("tcp://127.0.0.1:%d" % port, keys / "workers" / "w1.key_secret",
+                   keys / "producer.key", workers=1)
+    (pid,) = wait_for(lambda: len(group.pids()) == 1 and group.pids())
+    waits = []
+    for _ in range(8):
+        born = time.monotonic()
+        wait_for(lambda: time.monotonic() - born > 1.2, message="the worker past its first second")
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        (pid,) = wait_for(lambda: len(group.pids()) == 1 and pid not in group.pids() and group.pids(),
+                          message="a replacement")
+        waits.append(time.monotonic() - killed)
+    assert max(waits) < 2.0, "replacements waited %s" % ["%.2f" % w for w in waits]
+    assert "in 0.0 s" in group.log_path.read_text()
