@@ -76,7 +76,7 @@ def request(url: str, message: Message, timeout: float | None = None) -> bytes:
     try:
         with socket.create_connection(address, timeout=timeout) as sock:
             sock.sendall(frame)
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 if deadline is not None:
                     sock.settimeout(max(deadline - time.monotonic(), 0.001))
