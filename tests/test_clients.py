@@ -93,10 +93,11 @@ def test_env(echo_server, echo_server6):
 
 def source_files():
     """client/'s files as git sees them (tracked or not ignored), or all of them outside git."""
-    done = run(["git", "ls-files", "-co", "--exclude-standard", "client"], cwd=ROOT) \
-        if shutil.which("git") else None
-    if done and done.returncode == 0 and done.stdout:
-        return [p for p in done.stdout.decode().splitlines() if os.path.isfile(os.path.join(ROOT, p))]
+    if shutil.which("git"):
+        done = run(["git", "ls-files", "-co", "--exclude-standard", "client"], cwd=ROOT)
+        if done.returncode == 0 and done.stdout:
+            return [p for p in done.stdout.decode().splitlines()
+                    if os.path.isfile(os.path.join(ROOT, p))]
     return [os.path.relpath(os.path.join(d, f), ROOT) for d, _, fs in os.walk(CLIENT) for f in fs]
 
 
