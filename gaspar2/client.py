@@ -1,25 +1,66 @@
 """Clients for gaspar2's protocol.
 
 ``request`` uses plain blocking sockets, so under gevent's monkey patching it is cooperative;
-``arequest`` is the same call for asyncio; ``pack`` frames a message for any other framework.
-A failed request (the server reset the connection, refused it, or the timeout passed) raises
-RequestFailed: a reply, even an empty one, always means success.
+``arequest`` is the same call for asyncio; ``Executor`` runs requests on a thread pool for
+code built on ``concurrent.futures``; ``pack`` frames a message for any other framework.
+
+A reply, even an empty one, always means success. A failure raises a ``RequestFailed``,
+as one of three subclasses where the cause is known, because each calls for a different
+response: ``RequestReset`` (the request failed on the server: retrying runs it again),
+``RequestRefused`` (nothing was sent: another server may take it), ``RequestTimeout``
+(unknown: the server may still be running it).
 """
 
+from __future__ import annotations
+
 import asyncio
+import concurrent.futures
+import functools
 import socket
 import time
+from collections.abc import Iterable, Iterator
+from typing import TypeAlias
 
 from .wire import pack
 
-__all__ = ["RequestFailed", "request", "arequest", "pack", "parse_url"]
+__all__ = [
+    "Executor",
+    "Message",
+    "RequestFailed",
+    "RequestRefused",
+    "RequestReset",
+    "RequestTimeout",
+    "arequest",
+    "pack",
+    "parse_url",
+    "request",
+]
+
+Message: TypeAlias = bytes | bytearray | memoryview | str
+"""What a request carries: bytes-like, or ``str`` sent as UTF-8."""
 
 
 class RequestFailed(ConnectionError):
-    """The request did not succeed: reset by the server, refused, or timed out."""
+    """The request did not succeed: reset by the server, refused, timed out, or any other
+    socket error (an unknown host, an unreachable network)."""
 
 
-def parse_url(url):
+class RequestReset(RequestFailed, ConnectionResetError):
+    """The server reset the connection: the request failed there (its log says why).
+
+    The handler may have run, so retry only what is safe to run twice."""
+
+
+class RequestRefused(RequestFailed, ConnectionRefusedError):
+    """Nothing listens at that address: the request was not sent, so another server (or a
+    later try) can take it."""
+
+
+class RequestTimeout(RequestFailed, TimeoutError):
+    """No complete reply within the timeout: the server may or may not have run it."""
+
+
+def parse_url(url: str) -> tuple[str, int]:
     """``"host:port"`` or ``"[v6 address]:port"`` -> (host, port)."""
     host, sep, port = url.rpartition(":")
     if not sep or not port.isdigit():
@@ -27,7 +68,7 @@ def parse_url(url):
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def request(url, message, timeout=None):
+def request(url: str, message: Message, timeout: float | None = None) -> bytes:
     """Send ``message`` (bytes or str) to the gaspar2 server at ``url``; return the reply."""
     frame = pack(message)
     address = parse_url(url)
@@ -35,7 +76,7 @@ def request(url, message, timeout=None):
     try:
         with socket.create_connection(address, timeout=timeout) as sock:
             sock.sendall(frame)
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 if deadline is not None:
                     sock.settimeout(max(deadline - time.monotonic(), 0.001))
@@ -43,17 +84,15 @@ def request(url, message, timeout=None):
                 if not chunk:
                     return b"".join(chunks)
                 chunks.append(chunk)
-    except socket.timeout:
-        raise RequestFailed("%s: no reply within %s s" % (url, timeout)) from None
     except OSError as exc:
-        raise RequestFailed("%s: %s" % (url, _describe(exc))) from exc
+        raise _failure(url, exc, timeout) from _cause(exc)
 
 
-async def arequest(url, message, timeout=None):
+async def arequest(url: str, message: Message, timeout: float | None = None) -> bytes:
     """``request`` for asyncio."""
     host, port = parse_url(url)
 
-    async def exchange():
+    async def exchange() -> bytes:
         reader, writer = await asyncio.open_connection(host, port)
         try:
             writer.write(pack(message))
@@ -64,15 +103,61 @@ async def arequest(url, message, timeout=None):
 
     try:
         return await asyncio.wait_for(exchange(), timeout)
-    except asyncio.TimeoutError:
-        raise RequestFailed("%s: no reply within %s s" % (url, timeout)) from None
-    except OSError as exc:
-        raise RequestFailed("%s: %s" % (url, _describe(exc))) from exc
+    except OSError as exc:  # asyncio.TimeoutError is TimeoutError, an OSError
+        raise _failure(url, exc, timeout) from _cause(exc)
 
 
-def _describe(exc):
-    if isinstance(exc, ConnectionResetError):
-        return "connection reset: the request failed on the server (see its log)"
+class Executor(concurrent.futures.Executor):
+    """Requests to one server, run on a pool of threads: ``submit(message)`` returns a
+    ``concurrent.futures.Future`` of the reply, whose exception is the ``RequestFailed``.
+
+    For synchronous code that wants many requests in flight, or already works with futures
+    (``as_completed``, ``wait``, callbacks). Each request under way holds a thread, so
+    ``max_workers`` (``ThreadPoolExecutor``'s default when None) bounds the concurrency;
+    asyncio code should use ``arequest`` instead, which needs no thread per request.
+    ``timeout`` applies to each request, as in ``request``.
+    """
+
+    def __init__(self, url: str, max_workers: int | None = None, *,
+                 timeout: float | None = None) -> None:
+        parse_url(url)  # a malformed url fails here rather than in every future
+        self.url = url
+        self.timeout = timeout
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers, thread_name_prefix="gaspar2-client")
+
+    # The base class submits callables; this executor's work is always a request, so its
+    # submit and map take messages.
+    def submit(self, message: Message) -> concurrent.futures.Future[bytes]:  # type: ignore[override]
+        """Start a request; the future's result is the reply."""
+        return self._pool.submit(request, self.url, message, self.timeout)
+
+    def map(self, messages: Iterable[Message],  # type: ignore[override]
+            timeout: float | None = None) -> Iterator[bytes]:
+        """The replies to ``messages``, in order, the requests running concurrently.
+
+        As in ``concurrent.futures``, ``timeout`` bounds the wait for all the replies, and
+        the first failed request raises from the iterator."""
+        send = functools.partial(request, self.url, timeout=self.timeout)
+        return self._pool.map(send, messages, timeout=timeout)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._pool.shutdown(wait, cancel_futures=cancel_futures)
+
+
+def _failure(url: str, exc: OSError, timeout: float | None) -> RequestFailed:
+    """The RequestFailed subclass and message for a socket error."""
+    if isinstance(exc, TimeoutError):
+        return RequestTimeout("%s: no reply within %s s" % (url, timeout))
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError)):
+        # A broken pipe is the same reset, met by a write rather than a read.
+        return RequestReset("%s: connection reset: the request failed on the server "
+                            "(see its log)" % url)
     if isinstance(exc, ConnectionRefusedError):
-        return "connection refused: is the server running?"
-    return str(exc) or type(exc).__name__
+        return RequestRefused("%s: connection refused: is the server running?" % url)
+    return RequestFailed("%s: %s" % (url, str(exc) or type(exc).__name__))
+
+
+def _cause(exc: OSError) -> OSError | None:
+    """The timeout says all there is; any other error keeps the socket's as its cause."""
+    return None if isinstance(exc, TimeoutError) else exc

@@ -57,7 +57,7 @@ class Producer:
             self.spec, self.consumer = None, as_consumer(consumer)
         self.name = self.settings.name or self.spec or describe(self.consumer)
         self.state = State.STARTING
-        self.address: tuple[str, int] | None = None
+        self._address: tuple[str, int] | None = None
         self.running = gevent.event.Event()
         self.stopped = gevent.event.Event()
         self._startup = gevent.event.AsyncResult()
@@ -71,6 +71,13 @@ class Producer:
         self.fork: forkserver.ForkServerClient | None = None
         self.transport: Transport | None = None
         self.sweeper: Any = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The bound (host, port), once serving (port 0 picks a free one)."""
+        if self._address is None:
+            raise RuntimeError("the producer is not serving yet: call start() first")
+        return self._address
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -105,7 +112,7 @@ class Producer:
         for _ in range(s.workers):
             self.supervisor.spawn()
         self._startup.get()
-        self.address = self.frontend.listen(s.host, s.port, s.backlog)
+        self._address = self.frontend.listen(s.host, s.port, s.backlog)
         if s.metrics or s.access_log:
             gauges = observe.gauges(self.frontend, self.pipeline.dispatcher,
                                     self.pipeline.ready_count)

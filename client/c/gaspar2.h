@@ -9,6 +9,11 @@
 
 #include <stddef.h>
 
+/* The version of this library, as a string and as one comparable number (0x00MMmmpp). */
+#define GASPAR2_VERSION "0.1.0"
+#define GASPAR2_VERSION_NUMBER 0x000100
+
+
 #ifdef __cplusplus
 extern "C" {
 #endif

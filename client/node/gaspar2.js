@@ -19,13 +19,22 @@ function failure(url, message, code, cause) {
   return err;
 }
 
+// The rejection for an aborted request: a signal from AbortSignal.timeout() is a timeout.
+function aborted(url, signal) {
+  if (signal.reason?.name === 'TimeoutError') return failure(url, 'timed out', 'ETIMEDOUT', signal.reason);
+  const err = failure(url, 'aborted', 'ABORT_ERR', signal.reason);
+  err.name = 'AbortError';
+  return err;
+}
+
 // Send `message` (a Buffer, Uint8Array or string, sent as UTF-8) to the server at `url`.
 // Resolves to the reply as a Buffer (possibly empty). Rejects with an Error whose `code` is
 // 'ECONNRESET' when the server reset the connection (the request failed there),
-// 'ETIMEDOUT' when `timeout` milliseconds passed first, or the socket's own code
-// (e.g. 'ECONNREFUSED') otherwise.
-function request(url, message, { timeout } = {}) {
+// 'ETIMEDOUT' when `timeout` milliseconds passed first, 'ABORT_ERR' when `signal` aborted
+// it, or the socket's own code (e.g. 'ECONNREFUSED') otherwise.
+function request(url, message, { timeout, signal } = {}) {
   return new Promise((resolve, reject) => {
+    if (signal?.aborted) throw aborted(url, signal);
     const { host, port } = parseUrl(url);
     const payload = typeof message === 'string' ? Buffer.from(message, 'utf8') : Buffer.from(message);
     if (payload.length > 0xffffffff) throw new RangeError('message too long for a 4-byte length');
@@ -35,8 +44,10 @@ function request(url, message, { timeout } = {}) {
     const chunks = [];
     let timer;
     const socket = net.connect({ host, port });
+    const onAbort = () => settle(aborted(url, signal));
     const settle = (err) => {
       clearTimeout(timer);
+      signal?.removeEventListener('abort', onAbort);
       socket.destroy();
       if (err) reject(err);
       else resolve(Buffer.concat(chunks));
@@ -45,6 +56,7 @@ function request(url, message, { timeout } = {}) {
     if (timeout > 0) {
       timer = setTimeout(() => settle(failure(url, `timed out after ${timeout} ms`, 'ETIMEDOUT')), timeout);
     }
+    signal?.addEventListener('abort', onAbort, { once: true });
     // One write for length and payload, then half-close: the request is complete.
     socket.end(Buffer.concat([header, payload]));
     socket.on('data', (chunk) => chunks.push(chunk));

@@ -1,16 +1,4 @@
-package Gaspar2;
-
-# gaspar2 client for Perl: one request per connection, core modules only.
-#
-# The request is a 4-byte big-endian length and the payload; the reply is everything the
-# server writes before closing. A failed request is a TCP reset, never an empty reply.
-#
-#     use Gaspar2 qw(request);
-#     my $reply = request('127.0.0.1:10123', $bytes, timeout => 5);
-#
-# request() returns the reply (a byte string, possibly empty) or dies with one line:
-# "HOST:PORT: connection reset: ..." when the request failed on the server, and with
-# "connection refused" or "timed out" in it for those failures.
+package Net::Gaspar2;
 
 use strict;
 use warnings;
@@ -19,15 +7,13 @@ use Carp qw(croak);
 use Errno ();
 use Exporter qw(import);
 use IO::Select;
-use IO::Socket::INET;
-use Socket qw(SHUT_WR);
+use IO::Socket::IP;
+use Socket qw(SHUT_WR SOCK_STREAM);
 use Time::HiRes qw(time);
 
 our $VERSION = '0.1.0';
 our @EXPORT_OK = qw(request);
 
-# $message is a byte string: encode text first (e.g. Encode::encode('UTF-8', $text)).
-# timeout (seconds, fractions allowed) bounds the whole request; none or 0: no limit.
 sub request {
     my ($url, $message, %opt) = @_;
     my ($host, $port) = $url =~ /^\[?(.*?)\]?:(\d+)\z/
@@ -43,17 +29,16 @@ sub request {
     # A reset while writing must be reported as an error, not kill the process.
     local $SIG{PIPE} = 'IGNORE';
 
-    my $sock = IO::Socket::INET->new(
-        PeerHost => $host,
-        PeerPort => $port,
-        Proto    => 'tcp',
+    my $sock = IO::Socket::IP->new(
+        PeerHost    => $host,
+        PeerService => $port,
+        Type        => SOCK_STREAM,
         ($timeout ? (Timeout => $timeout) : ()),
     );
     if (!$sock) {
         die "$url: connection refused: is the server running?\n" if $!{ECONNREFUSED};
         die "$url: timed out after $timeout s\n" if $!{ETIMEDOUT} && $timeout;
-        (my $why = $@) =~ s/^IO::Socket::INET: //;
-        die "$url: cannot connect: $why\n";
+        die "$url: cannot connect: $@\n";
     }
     # Non-blocking, so that every wait goes through select() and respects the deadline.
     $sock->blocking(0);
@@ -94,3 +79,83 @@ sub _wait {
 }
 
 1;
+
+__END__
+
+=head1 NAME
+
+Net::Gaspar2 - client for gaspar2 servers: one length-prefixed request per TCP connection
+
+=head1 SYNOPSIS
+
+    use Net::Gaspar2 qw(request);
+
+    my $reply = eval { request('127.0.0.1:10123', $bytes, timeout => 5) };
+    if (!defined $reply) {
+        die $@ unless $@ =~ /connection reset/;
+        # the request failed on the server
+    }
+
+=head1 DESCRIPTION
+
+A gaspar2 server runs a handler on every core behind one TCP port. Each connection carries
+one request: a 4-byte big-endian length and the payload. The reply is everything the
+server writes before closing, and may be empty; a failed request (the handler raised, the
+worker died) is a TCP reset, which this module reports as an error, never as an empty
+reply.
+
+The module uses only core modules (L<IO::Socket::IP>, so IPv6 addresses work as well as
+IPv4 ones and host names).
+
+=head1 FUNCTIONS
+
+=head2 request($url, $message, %options)
+
+Sends C<$message> to the server at C<$url> and returns the reply, a byte string that may be
+empty. C<$url> is C<HOST:PORT>, C<:PORT> for 127.0.0.1, or C<[IPV6 ADDRESS]:PORT>.
+C<$message> is a byte string: encode text first (for instance with
+C<Encode::encode('UTF-8', $text)>); a string with wide characters croaks.
+
+Options:
+
+=over 4
+
+=item timeout => SECONDS
+
+Bounds the whole request (fractions allowed). None, or 0, means no limit.
+
+=back
+
+=head1 ERRORS
+
+C<request> dies with one line ending in a newline, which starts with the URL and contains:
+
+=over 4
+
+=item C<connection reset>
+
+The server reset the connection: the request failed there (its log says why). The handler
+may have run, so retry only what is safe to run twice.
+
+=item C<connection refused>
+
+Nothing listens at that address: the request was not sent.
+
+=item C<timed out>
+
+No complete reply within the timeout: the server may or may not have run it.
+
+=back
+
+Any other failure (an unknown host, an unreachable network) dies with the system's reason.
+
+=head1 SEE ALSO
+
+The F<gaspar2-request> command that comes with this module; the gaspar2 server, a Python
+package.
+
+=head1 LICENSE
+
+MIT. See the LICENSE file of the gaspar2 distribution.
+
+=cut

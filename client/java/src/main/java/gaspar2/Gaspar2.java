@@ -22,6 +22,9 @@ import java.util.regex.Pattern;
  */
 public final class Gaspar2 {
 
+    /** The version of this client. */
+    public static final String VERSION = "0.1.0";
+
     /** The server reset the connection: the request failed there (see the server's log). */
     public static final class RequestFailed extends IOException {
         private static final long serialVersionUID = 1L;
@@ -37,10 +40,13 @@ public final class Gaspar2 {
     private Gaspar2() {}
 
     /**
-     * Sends {@code message} to the server at {@code url} ("host:port" or "[v6 address]:port")
-     * and returns the reply, possibly empty.
+     * Sends {@code message} to the server at {@code url} and returns the reply, possibly
+     * empty.
      *
+     * @param url "host:port", ":port" for 127.0.0.1, or "[v6 address]:port"
+     * @param message the request's payload, any bytes
      * @param timeoutMs limit for connecting and for the whole reply; 0 means none
+     * @return the reply
      * @throws RequestFailed the server reset the connection: the request failed
      * @throws java.net.ConnectException nothing listens there
      * @throws SocketTimeoutException no complete reply within {@code timeoutMs}
@@ -90,7 +96,15 @@ public final class Gaspar2 {
         }
     }
 
-    /** {@link #request(String, byte[], int)} with a text message, sent as UTF-8. */
+    /**
+     * {@link #request(String, byte[], int)} with a text message, sent as UTF-8.
+     *
+     * @param url "host:port", ":port" for 127.0.0.1, or "[v6 address]:port"
+     * @param message the request's payload, sent as UTF-8
+     * @param timeoutMs limit for connecting and for the whole reply; 0 means none
+     * @return the reply
+     * @throws IOException as {@link #request(String, byte[], int)}
+     */
     public static byte[] request(String url, String message, int timeoutMs) throws IOException {
         return request(url, message.getBytes(StandardCharsets.UTF_8), timeoutMs);
     }
@@ -99,6 +113,8 @@ public final class Gaspar2 {
      * gaspar2-request [--timeout SECONDS] HOST:PORT [MESSAGE]: sends MESSAGE (standard input
      * when it is absent or "-") and writes the reply to standard output. On failure writes
      * one line to standard error and exits 1.
+     *
+     * @param args the command line
      */
     public static void main(String[] args) {
         int timeoutMs = 0;
