@@ -1,6 +1,8 @@
 """Clients for gaspar2's protocol.
 
 ``request`` uses plain blocking sockets, so under gevent's monkey patching it is cooperative;
+called from a thread that runs a gevent hub without monkey patching (a program that embeds
+a ``Producer``, say), it uses gevent's sockets, so it never stops the loop that serves it;
 ``arequest`` is the same call for asyncio; ``Executor`` runs requests on a thread pool for
 code built on ``concurrent.futures``; ``pack`` frames a message for any other framework.
 
@@ -17,8 +19,10 @@ import asyncio
 import concurrent.futures
 import functools
 import socket
+import sys
 import time
 from collections.abc import Iterable, Iterator
+from types import ModuleType
 from typing import TypeAlias
 
 from .wire import pack
@@ -73,8 +77,9 @@ def request(url: str, message: Message, timeout: float | None = None) -> bytes:
     frame = pack(message)
     address = parse_url(url)
     deadline = None if timeout is None else time.monotonic() + timeout
+    sockets = _sockets()
     try:
-        with socket.create_connection(address, timeout=timeout) as sock:
+        with sockets.create_connection(address, timeout=timeout) as sock:
             sock.sendall(frame)
             chunks: list[bytes] = []
             while True:
@@ -86,6 +91,22 @@ def request(url: str, message: Message, timeout: float | None = None) -> bytes:
                 chunks.append(chunk)
     except OSError as exc:
         raise _failure(url, exc, timeout) from _cause(exc)
+
+
+def _sockets() -> ModuleType:
+    """The socket module that will not stop this thread's gevent hub, if it runs one."""
+    if "gevent" not in sys.modules:
+        return socket
+    import gevent
+    import gevent.socket
+    from gevent._hub_local import get_hub_if_exists
+    hub = get_hub_if_exists()
+    if hub is None or socket.socket is gevent.socket.socket:     # none, or patched already
+        return socket
+    if gevent.getcurrent() is hub:
+        raise RuntimeError("gaspar2.client.request cannot wait inside the gevent hub (in a "
+                           "watcher's callback): call it from a greenlet")
+    return gevent.socket
 
 
 async def arequest(url: str, message: Message, timeout: float | None = None) -> bytes:

@@ -32,7 +32,7 @@ ACCEPT_PAUSE = 0.1             # out of file descriptors: wait this long before 
 class Connection:
     """One client connection and its single request."""
 
-    __slots__ = ("sock", "peer", "reader", "watcher", "payload", "request_id", "reply",
+    __slots__ = ("sock", "peer", "reader", "watcher", "payload", "request_id", "seq", "reply",
                  "since", "accepted", "served_by", "size_out", "closed")
 
     def __init__(self, sock: Any, peer: Any, max_size: int, now: float):
@@ -46,6 +46,7 @@ class Connection:
         self.watcher: Any = None
         self.payload: Any = None
         self.request_id = 0
+        self.seq = 0            # its sequence number at the worker it was sent to
         self.reply: memoryview | None = None
         self.closed = False
 

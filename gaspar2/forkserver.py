@@ -11,23 +11,26 @@ Closing it tells the fork server to stop its workers and exit.
 
 from __future__ import annotations
 
+import _socket
 import logging
 import os
-import selectors
 import signal
 import socket
-import time
 from typing import Any, Callable, Protocol
 
 import gevent.event
 
 from . import wire
-from .procutil import close_inherited_sockets, die_with_parent, ignore_signals, set_title
+from .procutil import (close_inherited_sockets, die_with_parent, drop_inherited_hub,
+                       ignore_signals, original, set_title)
 
 log = logging.getLogger("gaspar2.forkserver")
 
 STOP_GRACE = 5.0
 EXIT_WAIT = STOP_GRACE + 5.0
+# The fork server blocks and forks for real, even in a process gevent patched.
+FORK, WAITPID, SLEEP = original("os", "fork"), original("os", "waitpid"), original("time", "sleep")
+POLL, MONOTONIC = original("select", "poll"), original("time", "monotonic")
 
 RunWorker = Callable[[int, int, int], int]    # (worker id, progress slot, parent pid) -> status
 
@@ -35,7 +38,7 @@ RunWorker = Callable[[int, int, int], int]    # (worker id, progress slot, paren
 class ForkServer:
     """Runs in the fork server process; never returns."""
 
-    def __init__(self, channel: socket.socket, run_worker: RunWorker):
+    def __init__(self, channel: Any, run_worker: RunWorker):
         self.channel = channel
         self.run_worker = run_worker
         self.workers: dict[int, int] = {}     # pid -> worker id
@@ -45,14 +48,14 @@ class ForkServer:
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
-        signal.signal(signal.SIGCHLD, lambda *a: None)
-        selector = selectors.DefaultSelector()
-        selector.register(self.channel, selectors.EVENT_READ)
-        selector.register(wake_r, selectors.EVENT_READ)
+        original("signal", "signal")(signal.SIGCHLD, lambda *a: None)
+        poller = POLL()
+        poller.register(self.channel.fileno(), 1)
+        poller.register(wake_r, 1)
         self.pipe = (wake_r, wake_w)
         while True:
-            for key, _ in selector.select():
-                if key.fileobj == wake_r:
+            for fd, _ in poller.poll():
+                if fd == wake_r:
                     os.read(wake_r, 4096)
                 elif not self._read_commands():
                     self._stop_workers()
@@ -72,7 +75,7 @@ class ForkServer:
 
     def _spawn(self, worker_id: int, slot: int) -> None:
         parent = os.getpid()
-        pid = os.fork()
+        pid = FORK()
         if pid == 0:
             status = 1
             try:
@@ -98,7 +101,7 @@ class ForkServer:
     def _reap(self) -> None:
         while self.workers:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status = WAITPID(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -117,27 +120,28 @@ class ForkServer:
         """Producer gone: TERM the workers, wait a little, then KILL what is left."""
         for pid in self.workers:
             os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_GRACE
-        while self.workers and time.monotonic() < deadline:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
+        deadline = MONOTONIC() + STOP_GRACE
+        while self.workers and MONOTONIC() < deadline:
+            pid, _ = WAITPID(-1, os.WNOHANG)
             if pid:
                 self.workers.pop(pid, None)
             else:
-                time.sleep(0.01)
+                SLEEP(0.01)
         for pid in self.workers:
             os.kill(pid, signal.SIGKILL)
 
 
-def start(run_worker: RunWorker, title: str) -> tuple[int, socket.socket]:
+def start(run_worker: RunWorker, title: str) -> tuple[int, Any]:
     """Fork the fork server; returns (pid, the producer's end of the control channel)."""
-    ours, theirs = socket.socketpair()
+    ours, theirs = _socket.socketpair()     # plain sockets, whatever monkey patching did
     parent = os.getpid()
-    pid = os.fork()
+    pid = FORK()
     if pid:
         theirs.close()
         return pid, ours
     status = 1
     try:
+        drop_inherited_hub()
         ours.close()
         die_with_parent(parent)
         close_inherited_sockets(keep={theirs.fileno(), 0, 1, 2})
@@ -160,7 +164,7 @@ class ForkServerEvents(Protocol):
 class ForkServerClient:
     """The producer's end of the control channel: commands out, events in."""
 
-    def __init__(self, loop: Any, pid: int, channel: socket.socket, events: ForkServerEvents):
+    def __init__(self, loop: Any, pid: int, channel: Any, events: ForkServerEvents):
         self.pid = pid
         self.channel = channel
         self.events = events
@@ -203,15 +207,15 @@ class ForkServerClient:
     def close(self) -> None:
         """Tell the fork server to stop every worker and exit; wait for it, then reap it."""
         try:
-            self.channel.shutdown(socket.SHUT_RDWR)
+            self.channel.shutdown(socket.SHUT_WR)       # EOF: its cue to stop
         except OSError:
             pass
-        self.exited.wait(EXIT_WAIT)
+        self.exited.wait(EXIT_WAIT)                     # it closed its end: it is exiting
         try:
             if not self.exited.is_set():
                 os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
+            WAITPID(self.pid, 0)
         except (ChildProcessError, ProcessLookupError):
-            pass        # already reaped (gevent's child watcher may do it)
+            pass
         self.watcher.stop()
         self.channel.close()

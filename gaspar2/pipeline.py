@@ -13,6 +13,7 @@ own but for one flag; what concerns the producer's lifecycle goes up through
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Callable, Protocol
 
 from . import wire
@@ -60,7 +61,7 @@ class Pipeline:
         self.owner = owner
         self.settings = settings
         self.loop = loop
-        self.dispatcher = Dispatcher(self)
+        self.dispatcher = Dispatcher(self, progress, time.monotonic)
         self.frontend = FrontEnd(loop, self, settings)
         self.supervisor = Supervisor(self, LoopClock(loop), settings.workers,
                                      settings.max_requests, settings.max_requests_jitter, progress)
@@ -69,6 +70,13 @@ class Pipeline:
         self.observer: Observer | None = None
         self.closing = False            # worker exits are expected now
         self._dispatch_pending = False
+        # While local workers hold requests, look this often for stuck ones.
+        interval = settings.giveback_after / 2
+        self.stuck_watch = loop.timer(interval, interval)
+
+    def close(self) -> None:
+        self.closing = True
+        self.stuck_watch.stop()
 
     def ready_count(self) -> int:
         return self.supervisor.ready_count() + (self.remote.ready_count() if self.remote else 0)
@@ -80,7 +88,7 @@ class Pipeline:
         self._schedule_dispatch()
 
     def accept_done(self) -> None:
-        self.dispatcher.dispatch()      # what this wake-up read goes out together, now
+        self._dispatch()                # what this wake-up read goes out together, now
 
     def connection_closed(self, conn: Connection, outcome: str) -> None:
         if self.observer is not None:
@@ -97,7 +105,18 @@ class Pipeline:
 
     def _scheduled_dispatch(self) -> None:
         self._dispatch_pending = False
+        self._dispatch()
+
+    def _dispatch(self) -> None:
         self.dispatcher.dispatch()
+        if not self.stuck_watch.active and self.dispatcher.busy():
+            self.stuck_watch.start(self._check_stuck)
+
+    def _check_stuck(self) -> None:
+        if self.dispatcher.check():
+            self._dispatch()
+        if not self.dispatcher.busy():
+            self.stuck_watch.stop()
 
     # -- supervision's events ----------------------------------------------------------------
 
@@ -108,7 +127,8 @@ class Pipeline:
         assert self.transport is not None
         send = sender(worker.push) if worker.remote else self.transport.connect_local(worker.id)
         window = 1 if worker.remote else self.settings.window
-        self.dispatcher.add(Seat(worker.id, send, window, worker.lifetime))
+        slot = None if worker.remote else worker.slot
+        self.dispatcher.add(Seat(worker.id, send, window, worker.lifetime, slot))
         if self.supervisor.ready_count() == self.settings.workers:
             self.owner.workers_ready()
         self._schedule_dispatch()
@@ -116,13 +136,13 @@ class Pipeline:
     def worker_retiring(self, worker: Any) -> None:
         self.dispatcher.retire(worker.id)
 
-    def worker_lost(self, worker: Any, cause: str, kind: str, started: int | None) -> None:
+    def worker_lost(self, worker: Any, cause: str, kind: str, claimed: int | None) -> None:
         """A worker is gone: fail the requests it ran, give the others to the rest."""
         assert self.transport is not None
         if self.observer is not None:
             self.observer.worker_exited(kind)
         self.transport.read_all()       # replies it sent before it died are not lost
-        for conn in self.dispatcher.remove(worker.id, started):
+        for conn in self.dispatcher.remove(worker.id, claimed):
             self.frontend.fail(conn, "worker_died", "%r %s while running this request",
                                worker, cause)
         self.transport.disconnect(worker.id)
@@ -144,7 +164,7 @@ class Pipeline:
     # -- the workers' messages ---------------------------------------------------------------
 
     def messages_read(self) -> None:
-        self.dispatcher.dispatch()
+        self._dispatch()
 
     def message(self, message: wire.Message, local: bool) -> None:
         kind, worker_id, field, frames = message
@@ -159,8 +179,6 @@ class Pipeline:
                 conn.served_by = worker_id
                 text = frames[1].bytes.decode("utf-8", "replace")
                 self.frontend.fail(conn, "handler_error", "handler failed in %s", text)
-        elif kind == wire.GIVEBACK:
-            self.dispatcher.give_back(worker_id, field, wire.unpack_ids(frames[1].bytes))
         elif kind == wire.HEARTBEAT and self.remote is not None:
             self.remote.heard(worker_id, self.loop.now())
         elif kind == wire.HELLO and local:

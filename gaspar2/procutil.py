@@ -10,6 +10,10 @@ import shutil
 import signal
 import stat
 import tempfile
+from typing import Any
+
+from gevent._hub_local import get_hub_if_exists
+from gevent.monkey import get_original
 
 log = logging.getLogger("gaspar2")
 
@@ -50,6 +54,21 @@ def close_inherited_sockets(keep: set[int]) -> None:
                 os.close(fd)
         except OSError:
             pass
+
+
+def original(module: str, name: str) -> Any:
+    """``module.name`` as the standard library has it, even in a process that gevent's
+    monkey patching changed: a child of the fork server runs no hub for patched code."""
+    return get_original(module, name)
+
+
+def drop_inherited_hub() -> None:
+    """In a child forked from a process that runs a gevent hub (embedded, patched or
+    not): destroy that hub and its loop. Its watchers watch the parent's fds, which the
+    child closes; gevent, if the child uses it, starts afresh."""
+    hub = get_hub_if_exists()
+    if hub is not None:
+        hub.destroy(destroy_loop=True)
 
 
 def ignore_signals(*signals: signal.Signals) -> None:

@@ -63,7 +63,7 @@ class Producer:
         self._startup = gevent.event.AsyncResult()
         self._drained = gevent.event.Event()
         self.loop = gevent.get_hub().loop
-        self.progress = ProgressTable()
+        self.progress = ProgressTable(slow_after=self.settings.giveback_after)
         self.pipeline = Pipeline(self, self.settings, self.loop, self.progress)
         self.frontend = self.pipeline.frontend
         self.supervisor = self.pipeline.supervisor
@@ -150,7 +150,7 @@ class Producer:
     def _close(self) -> None:
         """Stop the fork server and its workers, release ZeroMQ and the ipc directory."""
         self.state = State.STOPPED
-        self.pipeline.closing = True
+        self.pipeline.close()
         self.frontend.close_listener()
         if self.fork is not None:
             self.supervisor.close()

@@ -128,7 +128,7 @@ class RemoteMembers:
             elif now - member.pinged >= self.heartbeat:
                 member.pinged = now
                 try:
-                    member.push.send(wire.pack_ids([]), wire.NOBLOCK)
+                    wire.send_batch(member.push, [], [])       # an empty batch: a ping
                 except zmq.Again:
                     pass
 

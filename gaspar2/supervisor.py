@@ -50,7 +50,7 @@ class WorkerProcess:
 class SupervisorEvents(Protocol):
     def worker_ready(self, worker: Any) -> None: ...
     def worker_retiring(self, worker: Any) -> None: ...
-    def worker_lost(self, worker: Any, cause: str, kind: str, started: int | None) -> None: ...
+    def worker_lost(self, worker: Any, cause: str, kind: str, claimed: int | None) -> None: ...
     def forkserver_gone(self) -> None: ...
 
 
@@ -164,7 +164,7 @@ class Supervisor:
         """Kill a worker that has run one request for longer than ``worker_timeout``."""
         now = time.monotonic()
         for worker in self.workers.values():
-            request_id, started = self.progress.started(worker.slot)
+            request_id, started = self.progress.running(worker.slot)
             if request_id and not worker.killed and now - started > worker_timeout:
                 log.warning("%r has run one request for %.1f s (worker_timeout %s s): killing it",
                             worker, now - started, worker_timeout)
@@ -212,8 +212,8 @@ class Supervisor:
         # operator, worker_timeout) says nothing about whether the next one can start.
         young = not worker.retiring and (not worker.ready or (
             not os.WIFSIGNALED(status) and self.clock.now() - worker.born < YOUNG))
-        started = self.progress.started(worker.slot)[0] if worker.ready else 0
-        self.events.worker_lost(worker, describe_status(status), exit_kind(worker, status), started)
+        claimed = self.progress.read(worker.slot)[1]
+        self.events.worker_lost(worker, describe_status(status), exit_kind(worker, status), claimed)
         self.progress.release(worker.slot)
         if self.stopping or worker.retiring:
             return

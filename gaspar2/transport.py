@@ -19,7 +19,7 @@ from .worker import sink_endpoint, worker_endpoint
 
 log = logging.getLogger("gaspar2")
 
-Send = Callable[[list[Any]], None]
+Send = Callable[[list[Any], int, int], None]
 
 
 class TransportEvents(Protocol):
@@ -102,9 +102,10 @@ class Transport:
 
 def sender(push: zmq.Socket) -> Send:
     """A seat's ``send``: a batch of connections as one message on ``push``."""
-    def send(conns: list[Any]) -> None:
+    def send(conns: list[Any], epoch: int, seq: int) -> None:
         try:
-            wire.send_batch(push, [c.request_id for c in conns], [c.payload for c in conns])
+            wire.send_batch(push, [c.request_id for c in conns], [c.payload for c in conns],
+                            epoch, seq)
         except zmq.Again:
             raise Full from None
     return send

@@ -6,8 +6,9 @@ one is reported as data (``FrameError.kind``, ``BadMessage``), never as text to 
 
 Client frame: a 4-byte unsigned length in network byte order, then that many payload bytes.
 
-Producer -> worker, one ZeroMQ multipart message per batch: ``[ids, payload, payload, ...]``
-where ``ids`` packs one unsigned 64-bit request id per payload.
+Producer -> worker, one ZeroMQ multipart message per batch: ``[head, payload, payload, ...]``
+where ``head`` packs the epoch and the first sequence number the batch is sent with (see
+progress.py), then one unsigned 64-bit request id per payload.
 
 Worker -> producer, on a sink: ``[head, body...]``; the head starts with the kind (one byte)
 and the sending worker's id, then the kind's own fields (see ``HEADS``).
@@ -31,17 +32,14 @@ HELLO = b"H"      # fields: worker id, pid. The worker is connected both ways an
 HEARTBEAT = b"P"  # fields: worker id. A remote worker is alive.
 REPLY = b"R"      # fields: worker id, request id; frame 2 is the reply body.
 ERROR = b"E"      # fields: worker id, request id; frame 2 is the handler's traceback, UTF-8.
-GIVEBACK = b"G"   # fields: worker id, the request it is stuck on; frame 2 packs the ids
-                  # of the requests it holds and will not run (none: it only says so).
 
 HEADS = {
     HELLO: struct.Struct("!cQI"),
     HEARTBEAT: struct.Struct("!cQ"),
     REPLY: struct.Struct("!cQQ"),
     ERROR: struct.Struct("!cQQ"),
-    GIVEBACK: struct.Struct("!cQQ"),
 }
-FRAME_COUNTS = {HELLO: (1, 3), HEARTBEAT: (1,), REPLY: (2,), ERROR: (2,), GIVEBACK: (2,)}
+FRAME_COUNTS = {HELLO: (1, 3), HEARTBEAT: (1,), REPLY: (2,), ERROR: (2,)}
 
 MISSED_BEATS = 3    # a remote worker silent for this many heartbeat intervals is gone
 
@@ -179,18 +177,28 @@ def unpack_ids(data: bytes) -> tuple[int, ...]:
     return struct.unpack("!%dQ" % (len(data) // ID.size), data)
 
 
-def send_batch(sock: zmq.Socket, ids: list[int], payloads: list) -> None:
+BATCH = struct.Struct("!QQ")       # epoch, the first request's sequence number
+
+
+def send_batch(sock: zmq.Socket, ids: list[int], payloads: list, epoch: int = 0,
+               seq: int = 0) -> None:
     """Producer -> worker: requests in one message. Raises zmq.Again if it cannot take it."""
     small = sum(len(p) for p in payloads) < ZERO_COPY_MIN
-    send_frames(sock, [pack_ids(ids)] + payloads, NOBLOCK, copy=small)
+    head = BATCH.pack(epoch, seq) + pack_ids(ids)
+    send_frames(sock, [head] + payloads, NOBLOCK, copy=small)
 
 
-def decode_batch(frames: list[zmq.Frame]) -> list[tuple[int, zmq.Frame]]:
-    """Worker side of ``send_batch``: (request id, payload frame) pairs."""
-    ids = unpack_ids(frames[0].bytes)
+def decode_batch(frames: list[zmq.Frame]) -> list[tuple[int, int, int, zmq.Frame]]:
+    """Worker side of ``send_batch``: (epoch, seq, request id, payload frame) each."""
+    head = frames[0].bytes
+    if len(head) < BATCH.size:
+        raise BadMessage("a batch head of %d bytes" % len(head))
+    epoch, seq = BATCH.unpack_from(head)
+    ids = unpack_ids(head[BATCH.size:])
     if len(ids) != len(frames) - 1:
         raise BadMessage("%d ids for %d payloads" % (len(ids), len(frames) - 1))
-    return list(zip(ids, frames[1:]))
+    return [(epoch, seq + i, request_id, frame)
+            for i, (request_id, frame) in enumerate(zip(ids, frames[1:]))]
 
 
 class BadMessage(Exception):

@@ -22,12 +22,13 @@ import zmq
 
 from . import curve, wire
 from .consumer import Consumer, as_consumer
-from .procutil import Backoff, die_with_parent
+from .procutil import Backoff, die_with_parent, original
 from .progress import ProgressTable
 from .supervisor import YOUNG
 from .worker import Worker, prepare_process
 
 log = logging.getLogger("gaspar2.remote")
+START_THREAD, SLEEP = original("_thread", "start_new_thread"), original("time", "sleep")
 
 
 class RemoteWorker(Worker):
@@ -36,8 +37,10 @@ class RemoteWorker(Worker):
     def __init__(self, make_consumer: Callable[[], Consumer], connect: str, listen_host: str,
                  advertise_host: str, keys: tuple[bytes, bytes] | None,
                  server_key: bytes | None, heartbeat: float, parent_pid: int):
+        # It holds one request at a time, so its own progress slot is private to it.
+        progress = ProgressTable(1)
         super().__init__(make_consumer, random.getrandbits(63), None, connect, parent_pid,
-                         giveback_after=3600.0, progress=ProgressTable(1), slot=0)
+                         slow_min=3600.0, progress=progress, slot=progress.allocate())
         self.listen_host = listen_host
         self.advertise_host = advertise_host
         self.keys = keys                  # (public, secret) of this worker, or None
@@ -69,11 +72,15 @@ class RemoteWorker(Worker):
         assert self.endpoint is not None
         self.watch_push.send_multipart([head, self.endpoint.encode(), public])
 
-    def _watch(self) -> None:
+    def _serve(self) -> None:
+        START_THREAD(self._beat, ())         # a real thread, even under monkey patching
+        super()._serve()
+
+    def _beat(self) -> None:
         """Heartbeats out; HELLO again whenever the producer has been silent too long."""
         beat = wire.encode_head(wire.HEARTBEAT, self.id)
         while True:
-            time.sleep(self.heartbeat)
+            SLEEP(self.heartbeat)
             self.watch_push.send(beat)
             if time.monotonic() - self.contact > wire.MISSED_BEATS * self.heartbeat:
                 self._hello()

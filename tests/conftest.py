@@ -80,10 +80,11 @@ def alive(pid):
 class Server:
     """A ``python -m gaspar2 serve`` subprocess, its log, and its process tree."""
 
-    def __init__(self, target, args, log_path, env=None, cwd=ROOT):
+    def __init__(self, target, args, log_path, env=None, cwd=ROOT, cmd=None):
         self.log_path = log_path
         self.log_file = open(log_path, "wb")
-        cmd = [sys.executable, "-m", "gaspar2", "serve", target, "--port", "0"] + list(args)
+        if cmd is None:
+            cmd = [sys.executable, "-m", "gaspar2", "serve", target, "--port", "0"] + list(args)
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
                                      cwd=cwd, env=env)
         self.pid = self.proc.pid

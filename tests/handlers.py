@@ -1,6 +1,7 @@
 """Handlers the tests serve."""
 
 import os
+import re
 import time
 
 import gaspar2
@@ -71,3 +72,29 @@ class SlowSetup(gaspar2.Consumer):
     def handle(self, message):
         time.sleep(float(message or 0))
         return str(os.getpid())
+
+
+def fair(message):
+    """``KIND:ARG:TAG`` runs one slow request of KIND; ``quick:TAG`` returns at once.
+
+    Every call first appends its TAG to the file named by $GASPAR2_CALLS, so a test can
+    count how often each request ran. KIND is ``sleep`` (time.sleep ARG s), ``loop`` (a
+    Python loop for ARG s), ``regex`` (one backtracking re.match on ARG letters: a single C
+    call that holds the GIL) or ``gevent`` (gevent.sleep ARG s).
+    """
+    kind, _, rest = message.partition(b":")
+    arg, _, tag = rest.rpartition(b":")
+    with open(os.environ["GASPAR2_CALLS"], "ab") as calls:
+        calls.write(tag + b"\n")
+    if kind == b"sleep":
+        time.sleep(float(arg))
+    elif kind == b"loop":
+        end = time.monotonic() + float(arg)
+        while time.monotonic() < end:
+            pass
+    elif kind == b"regex":
+        re.match(rb"(a+)+$", b"a" * int(arg) + b"b")
+    elif kind == b"gevent":
+        import gevent
+        gevent.sleep(float(arg))
+    return tag

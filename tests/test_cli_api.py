@@ -107,3 +107,23 @@ def test_asyncio_client_and_pack(serve):
 
     asyncio.run(main())
     assert client.pack(b"") == b"\x00\x00\x00\x00"
+
+
+def readme_embedding_example():
+    with open(os.path.join(ROOT, "README.rst")) as f:
+        text = f.read()
+    start = text.index("    from gevent import monkey", text.index("Embedding in a gevent program"))
+    block = text[start:text.index("\nCommand line\n", start)]
+    return textwrap.dedent(block)
+
+
+@pytest.mark.parametrize("patched", [True, False], ids=["monkey-patched", "plain"])
+def test_readme_embedding_example_runs_as_written(tmp_path, patched):
+    source = readme_embedding_example()
+    if not patched:
+        source = source.replace("from gevent import monkey\nmonkey.patch_all()\n", "")
+        assert "patch_all" not in source
+    (tmp_path / "app.py").write_text(source)
+    done = subprocess.run([sys.executable, "app.py"], capture_output=True, cwd=tmp_path, timeout=90)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout == b"[%s]\n" % b", ".join(b"b'IMG%d'" % n for n in range(8))

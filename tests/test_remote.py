@@ -172,7 +172,7 @@ def test_group_replaces_a_worker_that_lived_at_once_however_often(serve, groups,
     # Back-off is for workers that die young; one that served a while is replaced at once,
     # even after many such deaths (the back-off starts over).
     port = free_port()
-    server = serve_with_remote(serve, keys, port)
+    serve_with_remote(serve, keys, port)
     group = groups("tcp://127.0.0.1:%d" % port, keys / "workers" / "w1.key_secret",
                    keys / "producer.key", workers=1)
     (pid,) = wait_for(lambda: len(group.pids()) == 1 and group.pids())

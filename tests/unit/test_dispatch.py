@@ -1,8 +1,11 @@
 """Dispatch policy and bookkeeping, driven by plain objects: no socket, no process."""
 
+import time
+
 from hypothesis import given, settings, strategies as st
 
-from gaspar2.dispatch import Dispatcher, Full, Seat
+from gaspar2.dispatch import FROZEN, Dispatcher, Full, Seat
+from gaspar2.progress import ProgressTable
 
 
 class Request:
@@ -33,9 +36,10 @@ class Worker:
         self.batches = []
         self.full = full
 
-    def send(self, requests):
+    def send(self, requests, epoch, seq):
         if self.full:
             raise Full
+        assert [r.seq for r in requests] == list(range(seq, seq + len(requests)))
         self.batches.append([r.request_id for r in requests])
 
 
@@ -99,38 +103,6 @@ def test_refilled_only_once_down_to_half_the_window():
     assert fakes[1].batches == [[1, 2, 3, 4], [5, 6]]
 
 
-def test_give_back_requeues_at_the_front_in_order():
-    dispatcher, fakes, _ = make(workers=1, window=8)
-    submit(dispatcher, *range(1, 10))
-    dispatcher.dispatch()
-    assert [r.request_id for r in dispatcher.waiting] == [9]
-    dispatcher.give_back(1, 1, [2, 3, 4, 5, 6, 7, 8])
-    assert held(dispatcher, 1) == [1]
-    assert [r.request_id for r in dispatcher.waiting] == [2, 3, 4, 5, 6, 7, 8, 9]
-
-
-def test_a_stuck_worker_is_skipped_until_it_answers():
-    dispatcher, fakes, _ = make(workers=2, window=8)
-    submit(dispatcher, 1)
-    dispatcher.dispatch()
-    dispatcher.give_back(1, 1, [])
-    submit(dispatcher, 2, 3, 4)
-    dispatcher.dispatch()
-    assert held(dispatcher, 1) == [1] and held(dispatcher, 2) == [2, 3, 4]
-    assert dispatcher.take(1, 1).request_id == 1
-    submit(dispatcher, 5)
-    dispatcher.dispatch()
-    assert held(dispatcher, 1) == [5]
-
-
-def test_give_back_only_of_what_that_worker_holds():
-    dispatcher, fakes, _ = make(workers=2, window=8)
-    submit(dispatcher, 1, 2)
-    dispatcher.dispatch()
-    dispatcher.give_back(1, 1, [2])     # 2 is held by worker 2, not 1
-    assert held(dispatcher, 2) == [2] and not dispatcher.waiting
-
-
 def test_an_answer_counts_only_from_the_worker_that_holds_it():
     dispatcher, fakes, _ = make(workers=2)
     (one, two) = submit(dispatcher, 1, 2)
@@ -142,12 +114,13 @@ def test_an_answer_counts_only_from_the_worker_that_holds_it():
     assert dispatcher.take(1, 1) is None, "answered once only"
 
 
-def test_a_lost_worker_fails_what_it_started_and_requeues_the_rest():
+def test_a_lost_worker_fails_what_it_claimed_and_requeues_the_rest():
     dispatcher, fakes, _ = make(workers=2, window=8)
     submit(dispatcher, *range(1, 9))
     dispatcher.dispatch()
     assert held(dispatcher, 1) == [1, 3, 5, 7]
-    failed = dispatcher.remove(1, started_id=3)
+    assert [dispatcher.seats[1].held[i].seq for i in (1, 3, 5, 7)] == [1, 2, 3, 4]
+    failed = dispatcher.remove(1, claimed=2)
     assert [r.request_id for r in failed] == [1, 3]
     assert [r.request_id for r in dispatcher.waiting] == [5, 7]
     assert 1 not in dispatcher.seats
@@ -157,7 +130,7 @@ def test_a_lost_worker_that_started_nothing_held_fails_nothing():
     dispatcher, fakes, _ = make(workers=1)
     submit(dispatcher, 1, 2)
     dispatcher.dispatch()
-    assert dispatcher.remove(1, started_id=0) == []
+    assert dispatcher.remove(1, claimed=0) == []
     assert [r.request_id for r in dispatcher.waiting] == [1, 2]
 
 
@@ -165,7 +138,7 @@ def test_a_lost_remote_worker_fails_the_one_it_held():
     dispatcher, fakes, _ = make(workers=1, window=1)
     submit(dispatcher, 1, 2)
     dispatcher.dispatch()
-    assert [r.request_id for r in dispatcher.remove(1, started_id=None)] == [1]
+    assert [r.request_id for r in dispatcher.remove(1, claimed=None)] == [1]
     assert [r.request_id for r in dispatcher.waiting] == [2]
 
 
@@ -177,7 +150,7 @@ def test_closed_requests_are_neither_sent_nor_failed():
     assert fakes[1].batches == [[1, 3]]
     requests[0].closed = True
     assert dispatcher.take(1, 1) is None, "a late answer for a closed client is dropped"
-    assert dispatcher.remove(1, started_id=3) == [requests[2]]
+    assert dispatcher.remove(1, claimed=2) == [requests[2]]
 
 
 def test_max_requests_reports_a_spent_worker_once():
@@ -221,7 +194,7 @@ def test_a_full_worker_queue_requeues_the_batch():
 
 
 operations = st.lists(st.tuples(st.sampled_from(["submit", "dispatch", "answer", "wrong",
-                                                 "giveback", "lose", "join", "close"]),
+                                                 "lose", "join", "close"]),
                                 st.integers(0, 50)), max_size=80)
 
 
@@ -247,15 +220,9 @@ def test_every_request_is_in_exactly_one_place(ops):
                 request = dispatcher.take(worker_id, request_id)
                 if request is not None:
                     answered.append(request.request_id)
-        elif op == "giveback" and seats:
-            seat = seats[n % len(seats)]
-            ids = list(seat.held)
-            dispatcher.give_back(seat.worker_id, ids[0] if ids else 0, ids[1:])
         elif op == "lose" and seats:
             seat = seats[n % len(seats)]
-            ids = list(seat.held)
-            started = ids[n % len(ids)] if ids else 0
-            failed.extend(r.request_id for r in dispatcher.remove(seat.worker_id, started))
+            failed.extend(r.request_id for r in dispatcher.remove(seat.worker_id, n % 6))
         elif op == "join":
             fakes[next_worker] = Worker()
             dispatcher.add(Seat(next_worker, fakes[next_worker].send, 4))
@@ -271,3 +238,159 @@ def test_every_request_is_in_exactly_one_place(ops):
     assert set(live) <= set(places), "an open request was lost"
     for seat in dispatcher.seats.values():
         assert len(seat.held) <= seat.window
+
+
+# -- taking back what a stuck worker holds, against the real shared-memory claim -----------
+
+class Clock:
+    def __init__(self):
+        self.now = time.monotonic()
+
+    def __call__(self):
+        return self.now
+
+
+class LocalWorker:
+    """Stands for a local worker process: it keeps what it is sent in order and claims each
+    request through the real progress table, exactly as worker.py does."""
+
+    def __init__(self, table, clock):
+        self.table, self.clock = table, clock
+        self.slot = table.allocate()
+        self.queue, self.ran = [], []
+
+    def send(self, requests, epoch, seq):
+        self.queue.extend((epoch, seq + i, r.request_id) for i, r in enumerate(requests))
+
+    def start_next(self):
+        """Claim the next request it may run; its id, or None."""
+        while self.queue:
+            epoch, seq, request_id = self.queue.pop(0)
+            if self.table.claim(self.slot, epoch, seq, request_id, self.clock()):
+                self.ran.append(request_id)
+                return request_id
+        return None
+
+    def finish(self, slow_after=0.005):
+        self.table.done(self.slot, slow_after, self.clock())
+
+
+def make_local(workers=2, window=8):
+    clock = Clock()
+    table = ProgressTable(8, slow_after=0.005)
+    events = Events()
+    dispatcher = Dispatcher(events, table, clock)
+    locals_ = {}
+    for worker_id in range(1, workers + 1):
+        locals_[worker_id] = LocalWorker(table, clock)
+        dispatcher.add(Seat(worker_id, locals_[worker_id].send, window, None,
+                            locals_[worker_id].slot))
+    clock.now = time.monotonic() + 0.001      # the workers said hello: they are older
+    return dispatcher, locals_, clock
+
+
+def test_a_slow_request_gives_up_what_waits_behind_it():
+    dispatcher, workers, clock = make_local(workers=1)
+    submit(dispatcher, 1, 2, 3)
+    dispatcher.dispatch()
+    assert workers[1].start_next() == 1
+    clock.now += 0.004
+    assert not dispatcher.check(), "not slow yet"
+    clock.now += 0.002
+    assert dispatcher.check()
+    assert held(dispatcher, 1) == [1] and [r.request_id for r in dispatcher.waiting] == [2, 3]
+    assert dispatcher.seats[1].stuck_on == 1
+    submit(dispatcher, 4)
+    dispatcher.dispatch()
+    assert held(dispatcher, 1) == [1], "a stuck worker gets nothing more"
+    workers[1].finish()
+    assert workers[1].start_next() is None, "what was taken back is never run here"
+    assert dispatcher.take(1, 1).request_id == 1
+    dispatcher.dispatch()
+    assert held(dispatcher, 1) == [2, 3, 4]
+    assert workers[1].start_next() == 2 and workers[1].ran == [1, 2]
+
+
+def test_a_request_claimed_before_the_take_back_stays():
+    dispatcher, workers, clock = make_local(workers=1)
+    submit(dispatcher, 1, 2, 3)
+    dispatcher.dispatch()
+    assert workers[1].start_next() == 1
+    workers[1].finish()
+    assert workers[1].start_next() == 2
+    clock.now += 1
+    dispatcher.check()
+    assert held(dispatcher, 1) == [1, 2], "1 answered (reply in flight) and 2 running"
+    assert [r.request_id for r in dispatcher.waiting] == [3]
+    assert workers[1].start_next() is None
+
+
+def test_the_worker_holding_its_lock_defers_the_take_back():
+    class Busy(ProgressTable):
+        def revoke(self, slot):
+            return None
+    clock, events = Clock(), Events()
+    table = Busy(4)
+    worker = LocalWorker(table, clock)
+    dispatcher = Dispatcher(events, table, clock)
+    dispatcher.add(Seat(1, worker.send, 8, None, worker.slot))
+    submit(dispatcher, 1, 2)
+    dispatcher.dispatch()
+    worker.start_next()
+    clock.now += 1
+    assert not dispatcher.check() and held(dispatcher, 1) == [1, 2]
+    assert dispatcher.seats[1].stuck_on is None, "tried again at the next check"
+
+
+def test_a_frozen_worker_loses_what_it_never_touched_until_it_moves():
+    dispatcher, workers, clock = make_local(workers=2)
+    submit(dispatcher, 1, 2)
+    dispatcher.dispatch()
+    assert workers[2].start_next() == 2
+    clock.now += 0.5
+    assert not dispatcher.check()
+    clock.now += FROZEN
+    assert dispatcher.check()
+    assert held(dispatcher, 1) == [] and [r.request_id for r in dispatcher.waiting] == [1]
+    assert dispatcher.seats[1].stuck_on == 0
+    clock.now += 0.1
+    workers[1].table.beat(workers[1].slot, clock.now)
+    assert dispatcher.check() and dispatcher.seats[1].stuck_on is None
+    assert workers[1].start_next() is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(["submit", "dispatch", "start", "finish",
+                                                 "tick", "check"]),
+                                st.integers(0, 3)), max_size=120))
+def test_every_request_runs_exactly_once(steps):
+    """Whatever the order of claims, finishes and take-backs: each request runs on one
+    worker, once, and is answered."""
+    dispatcher, workers, clock = make_local(workers=3, window=4)
+    running, submitted, answered = {}, 0, []
+    for op, n in steps + [("drain", 0)] * 300:
+        worker_id = 1 + n % 3
+        if op == "submit":
+            submitted += 1
+            submit(dispatcher, submitted)
+        elif op in ("dispatch", "drain"):
+            dispatcher.dispatch()
+        if op == "start" or (op == "drain" and worker_id not in running):
+            for wid in ([worker_id] if op == "start" else workers):
+                if wid not in running:
+                    request_id = workers[wid].start_next()
+                    if request_id is not None:
+                        running[wid] = request_id
+        if op in ("finish", "drain"):
+            for wid in ([worker_id] if op == "finish" else list(running)):
+                if wid in running:
+                    workers[wid].finish()
+                    request = dispatcher.take(wid, running.pop(wid))
+                    answered.append(request.request_id)
+        if op in ("tick", "drain"):
+            clock.now += 0.003 * (n + 1) if op == "tick" else 0.3
+        if op in ("check", "drain"):
+            dispatcher.check()
+    ran = [r for w in workers.values() for r in w.ran]
+    assert sorted(ran) == list(range(1, submitted + 1)), "each request ran exactly once"
+    assert sorted(answered) == sorted(ran)

@@ -118,13 +118,13 @@ def test_workers_that_cannot_start_back_off_and_a_healthy_one_resets_it():
     assert not clock.pending() and len(fork.spawned) == 6, "respawned at once, back-off reset"
 
 
-def test_the_request_a_worker_had_started_is_reported_with_its_loss():
+def test_what_a_worker_had_claimed_is_reported_with_its_loss():
     supervisor, events, clock, fork = make(size=1)
     hello_all(supervisor)
     worker = supervisor.workers[1]
-    supervisor.progress.record(worker.slot, 77, 123.0)
+    assert supervisor.progress.claim(worker.slot, 0, 3, 77, time.monotonic())
     supervisor.exited(1, 1001, KILLED)
-    assert events.lost[0][3] == 77
+    assert events.lost[0][3] == 3, "the last sequence number it claimed"
 
 
 def test_resize_adds_and_retires_never_below_one():
@@ -169,8 +169,8 @@ def test_max_requests_gives_each_worker_a_jittered_lifetime():
 def test_a_runaway_worker_is_killed_once():
     supervisor, events, clock, fork = make(size=2)
     hello_all(supervisor)
-    supervisor.progress.record(supervisor.workers[1].slot, 5, time.monotonic() - 10)
-    supervisor.progress.record(supervisor.workers[2].slot, 6, time.monotonic())
+    supervisor.progress.claim(supervisor.workers[1].slot, 0, 1, 5, time.monotonic() - 10)
+    supervisor.progress.claim(supervisor.workers[2].slot, 0, 1, 6, time.monotonic())
     supervisor.check_runaway(2.0)
     supervisor.check_runaway(2.0)
     assert fork.killed == [(1, signal.SIGKILL)]
