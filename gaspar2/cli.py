@@ -92,11 +92,8 @@ def serve(args: argparse.Namespace) -> int:
     producer = Producer(args.target, **settings.producer_options(values))
     try:
         producer.start()
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         log.error("cannot serve %s: %s", args.target, exc)
-        return 1
-    except OSError as exc:
-        log.error("cannot serve %s on %s:%s: %s", args.target, values["host"], values["port"], exc)
         return 1
     return 0
 

@@ -96,9 +96,9 @@ class FrontEnd:
             sock.bind(addr)
             sock.listen(backlog)
             sock.setblocking(False)
-        except OSError:
+        except OSError as exc:
             sock.close()
-            raise
+            raise OSError(exc.errno, "cannot listen on %s:%s: %s" % (host, port, exc.strerror))
         self.family = family
         self.listener = sock
         self.accept_watcher = self.loop.io(sock.fileno(), READ)

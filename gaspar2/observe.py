@@ -100,7 +100,10 @@ class Metrics:
         host, _, port = address.rpartition(":")
         self.server = WSGIServer((host or "127.0.0.1", int(port)), prom.make_wsgi_app(registry),
                                  log=None)
-        self.server.start()
+        try:
+            self.server.start()
+        except OSError as exc:
+            raise OSError(exc.errno, "cannot serve metrics on %s: %s" % (address, exc.strerror))
         log.info("metrics on http://%s:%d/metrics", *self.server.address[:2])
 
     def request_done(self, outcome: str, seconds: float, size_in: int, size_out: int) -> None:

@@ -129,7 +129,7 @@ class Pipeline:
         window = 1 if worker.remote else self.settings.window
         slot = None if worker.remote else worker.slot
         self.dispatcher.add(Seat(worker.id, send, window, worker.lifetime, slot))
-        if self.supervisor.ready_count() == self.settings.workers:
+        if self.supervisor.ready_count() >= self.supervisor.size:
             self.owner.workers_ready()
         self._schedule_dispatch()
 
@@ -147,7 +147,8 @@ class Pipeline:
                                worker, cause)
         self.transport.disconnect(worker.id)
         log.log(logging.INFO if self.closing else logging.WARNING, "%r %s", worker, cause)
-        self.owner.worker_gone("%r %s" % (worker, cause))
+        if kind != "replaced":
+            self.owner.worker_gone("%r %s" % (worker, cause))
         self._schedule_dispatch()
 
     def forkserver_gone(self) -> None:
@@ -189,7 +190,6 @@ class Pipeline:
     def sweep(self) -> None:
         """Enforce the timeouts."""
         self.frontend.sweep(self.loop.now())
-        if self.settings.worker_timeout is not None:
-            self.supervisor.check_runaway(self.settings.worker_timeout)
+        self.supervisor.check_liveness(self.settings.worker_timeout, self.settings.heartbeat)
         if self.remote is not None:
             self.remote.check(self.loop.now())

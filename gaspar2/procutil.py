@@ -4,6 +4,7 @@ private ipc directory, the open-file limit and the back-off between respawns."""
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -76,20 +77,45 @@ def ignore_signals(*signals: signal.Signals) -> None:
         signal.signal(sig, signal.SIG_IGN)
 
 
-def make_ipc_dir() -> str:
-    """A private directory for the ipc sockets, named after this process; directories
-    left by producers that were killed are removed."""
+IPC_PREFIX = "gaspar2-"
+LOCK = "lock"
+
+
+def make_ipc_dir() -> tuple[str, int]:
+    """A private directory for the ipc sockets, and the fd of the lock (``flock``) held on
+    it for as long as this process, its fork server or one of its workers lives.
+
+    The directory is made and locked under a hidden name, then renamed, so no other
+    producer ever sees it unlocked. A directory whose lock anyone can take is stale (its
+    producer was killed) and is removed; a pid in a name proves nothing, since producers in
+    other PID namespaces may share this /tmp."""
     base = tempfile.gettempdir()
+    remove_stale_ipc_dirs(base)
+    hidden = tempfile.mkdtemp(prefix="." + IPC_PREFIX)
+    fd = os.open(os.path.join(hidden, LOCK), os.O_CREAT | os.O_RDWR, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    path = os.path.join(base, "%s%d-%s" % (IPC_PREFIX, os.getpid(), hidden.rsplit("-", 1)[1]))
+    os.rename(hidden, path)
+    return path, fd
+
+
+def remove_stale_ipc_dirs(base: str) -> None:
     for name in os.listdir(base):
-        parts = name.split("-")
-        if len(parts) == 3 and parts[0] == "gaspar2" and parts[1].isdigit():
-            try:
-                os.kill(int(parts[1]), 0)
-            except ProcessLookupError:
-                shutil.rmtree(os.path.join(base, name), ignore_errors=True)
-            except PermissionError:
-                pass
-    return tempfile.mkdtemp(prefix="gaspar2-%d-" % os.getpid())
+        if not name.startswith(IPC_PREFIX):
+            continue
+        path = os.path.join(base, name)
+        try:
+            fd = os.open(os.path.join(path, LOCK), os.O_RDWR)
+        except OSError:
+            continue            # not ours to judge: no lock file, or not ours to open
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue            # locked: its producer lives
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def raise_open_file_limit(wanted: int) -> int:

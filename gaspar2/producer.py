@@ -33,6 +33,10 @@ log = logging.getLogger("gaspar2")
 SWEEP_INTERVAL = 0.1           # how often timeouts are checked
 
 
+class StoppedWhileStarting(Exception):
+    """A stop signal arrived before the workers were ready."""
+
+
 class State(enum.Enum):
     STARTING = "starting"
     SERVING = "serving"
@@ -82,20 +86,28 @@ class Producer:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self, blocking: bool = True) -> None:
-        """Start the workers and serve; with ``blocking=False`` return once serving."""
+        """Start the workers and serve; with ``blocking=False`` return once serving.
+
+        Blocking, it handles signals from the first moment: a TERM or INT while the workers
+        start stops it cleanly, and start() returns."""
+        if blocking:
+            self._install_signal_handlers()
         try:
             self._open()
+        except StoppedWhileStarting:
+            self._close()
+            log.info("stopped")
+            return
         except BaseException:
             self._close()
             raise
         if blocking:
-            self._install_signal_handlers()
             self.stopped.wait()
 
     def _open(self) -> None:
         s = self.settings
         raise_open_file_limit(s.max_connections)
-        self.ipc_dir = make_ipc_dir()
+        self.ipc_dir, self.ipc_lock = make_ipc_dir()
         workers = LocalWorkers(self._make_consumer, self.name, self.ipc_dir, self.progress,
                                s.giveback_after)
         # Fork the fork server first: no listener and no ZeroMQ context exist yet.
@@ -109,14 +121,14 @@ class Producer:
             self.pipeline.remote = RemoteMembers(self.pipeline, self.transport.ctx, remote_sink,
                                                  s.heartbeat)
             log.info("remote workers may join at %s", remote_sink.endpoint)
-        for _ in range(s.workers):
-            self.supervisor.spawn()
+        self.supervisor.start()
         self._startup.get()
         self._address = self.frontend.listen(s.host, s.port, s.backlog)
         if s.metrics or s.access_log:
             gauges = observe.gauges(self.frontend, self.pipeline.dispatcher,
                                     self.pipeline.ready_count)
             self.pipeline.observer = Observer(gauges, s.metrics, s.access_log)
+        self._startup.get()         # again: a stop signal may have come meanwhile
         self.frontend.start()
         self.sweeper = self.loop.timer(SWEEP_INTERVAL, SWEEP_INTERVAL)
         self.sweeper.start(self.pipeline.sweep)
@@ -124,7 +136,7 @@ class Producer:
         self.running.set()
         set_title("gaspar2 producer %s %s:%d" % ((self.name,) + tuple(self.address)))
         log.info("gaspar2 serving %s on %s:%d with %d workers",
-                 self.name, self.address[0], self.address[1], s.workers)
+                 self.name, self.address[0], self.address[1], self.supervisor.size)
 
     def _make_consumer(self) -> Consumer:
         return as_consumer(self.spec) if self.spec else self.consumer
@@ -163,6 +175,8 @@ class Producer:
             self.transport.close()
         if self.ipc_dir is not None:
             shutil.rmtree(self.ipc_dir, ignore_errors=True)
+            os.close(self.ipc_lock)
+            self.ipc_dir = None
         self.running.clear()
         self.stopped.set()
 
@@ -180,29 +194,42 @@ class Producer:
         self._graceful_stop("SIGINT")
 
     def _graceful_stop(self, name: str) -> None:
-        if self.state is State.DRAINING:
+        if self.state is State.STARTING:
+            self._stop_starting(name)
+        elif self.state is State.DRAINING:
             log.info("%s again: stopping now", name)
             self._drained.set()
         elif self.state is State.SERVING:
             log.info("%s: stopping gracefully", name)
             gevent.spawn(self.stop)
 
+    def _stop_starting(self, name: str) -> None:
+        log.info("%s while starting: stopping", name)
+        if self._startup.ready():   # the workers are ready: _open looks once more, later
+            self._startup = gevent.event.AsyncResult()
+        self._startup.set_exception(StoppedWhileStarting(name))
+
     def handle_quit(self) -> None:
+        if self.state is State.STARTING:
+            self._stop_starting("SIGQUIT")
+            return
         log.info("SIGQUIT: stopping now")
         self._drained.set()
         gevent.spawn(self.stop, 0)
 
     def handle_hup(self) -> None:
-        if self.state is State.SERVING:
+        if self.state is State.STARTING:
+            log.info("SIGHUP while starting: ignored, the workers starting are fresh already")
+        elif self.state is State.SERVING:
             log.info("SIGHUP: replacing every worker with a fresh one")
             self.supervisor.reload()
 
     def handle_ttin(self) -> None:
-        if self.state is State.SERVING:
+        if self.state in (State.STARTING, State.SERVING):
             self.supervisor.resize(+1)
 
     def handle_ttou(self) -> None:
-        if self.state is State.SERVING:
+        if self.state in (State.STARTING, State.SERVING):
             self.supervisor.resize(-1)
 
     def handle_usr1(self) -> None:

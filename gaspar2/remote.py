@@ -54,9 +54,9 @@ class RemoteSink:
         curve.make_server(self.sock, self.keys)
         try:
             self.sock.bind(endpoint)
-        except zmq.ZMQError:
+        except zmq.ZMQError as exc:
             self.close()
-            raise
+            raise RuntimeError("cannot bind the remote workers' endpoint %s: %s" % (endpoint, exc))
         self.endpoint = self.sock.last_endpoint.decode()
 
     def connect_worker(self, ctx: zmq.Context, endpoint: str, worker_key: bytes) -> zmq.Socket:

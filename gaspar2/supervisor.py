@@ -1,9 +1,12 @@
-"""Supervision of the local worker processes: spawn, exit, back-off, reload, resize, timeouts.
+"""Supervision of the local worker processes: spawn, exit, back-off, reload, resize, liveness.
 
 Workers are forked by the fork server (see forkserver.py), which reports every exit at once.
-A worker counts as ready only when its HELLO has arrived on the sink. The supervisor knows
-processes, never requests: it reports what happens through ``SupervisorEvents`` and is
-told, in turn, when a retiring worker holds nothing more (``drained``).
+A worker counts as ready only when its HELLO has arrived on the sink. One function,
+``reconcile``, decides what to start and what to retire after every event, so any burst
+of reloads, resizes and exits converges to ``size`` ready workers of the newest generation.
+
+The supervisor knows processes, never requests: it reports what happens through
+``SupervisorEvents`` and is told, in turn, when a retiring worker holds nothing more.
 """
 
 from __future__ import annotations
@@ -20,8 +23,9 @@ from .progress import ProgressTable
 
 log = logging.getLogger("gaspar2")
 
-YOUNG = 1.0                 # a worker that dies sooner than this after its start died young
 EXIT_SETUP_FAILED = 3
+OUTSIDE = (signal.SIGKILL, signal.SIGTERM)    # sent by someone: says nothing of the code
+MIN_SILENCE = 1.0           # an idle worker beats every 0.5 s: allow it one miss
 
 
 class WorkerProcess:
@@ -41,7 +45,7 @@ class WorkerProcess:
         self.lifetime = lifetime      # requests it may take before it is replaced
         self.ready = False
         self.retiring = False         # replaced already: takes nothing new, leaves once idle
-        self.killed = False           # sent SIGKILL for running one request too long
+        self.killed: str | None = None   # why it was sent SIGKILL (metrics)
 
     def __repr__(self) -> str:
         return "worker %d (pid %s)" % (self.id, self.pid)
@@ -59,11 +63,11 @@ class Clock(Protocol):
     def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
 
 
-def describe_status(status: int) -> str:
+def describe_status(status: int, ready: bool) -> str:
     if os.WIFSIGNALED(status):
         return "killed by %s" % signal.Signals(os.WTERMSIG(status)).name
     code = os.WEXITSTATUS(status)
-    if code == EXIT_SETUP_FAILED:
+    if code == EXIT_SETUP_FAILED and not ready:
         return "setup() failed (traceback above)"
     return "exited with status %d" % code
 
@@ -73,7 +77,7 @@ def exit_kind(worker: WorkerProcess, status: int) -> str:
     if worker.retiring:
         return "replaced"
     if worker.killed:
-        return "worker_timeout"
+        return worker.killed
     if os.WIFSIGNALED(status):
         return "signal"
     if not worker.ready:
@@ -93,7 +97,8 @@ class Supervisor:
         self.progress = progress or ProgressTable()
         self.workers: dict[int, WorkerProcess] = {}   # spawned and not yet exited
         self.next_id = 1
-        self.backoff = Backoff()
+        self.backoffs: dict[str, Backoff] = {}        # per cause of failing to start
+        self.next_start = 0.0           # no worker starts before this (clock.now())
         self.respawn_timer: Any = None
         self.stopping = False
         self.generation = 0
@@ -104,28 +109,24 @@ class Supervisor:
 
     # -- commands --------------------------------------------------------------------------
 
-    def spawn(self) -> WorkerProcess:
-        lifetime = None
-        if self.max_requests:
-            lifetime = self.max_requests + random.randint(0, self.max_requests_jitter)
-        worker = WorkerProcess(self.next_id, self.progress.allocate(), self.clock.now(),
-                               self.generation, lifetime)
-        self.next_id += 1
-        self.workers[worker.id] = worker
-        self.forkserver.spawn(worker.id, worker.slot)
-        return worker
+    def start(self) -> None:
+        """Start the first workers."""
+        self.reconcile()
 
     def kill(self, worker: WorkerProcess, sig: int = signal.SIGKILL) -> None:
         self.forkserver.kill(worker.id, sig)
 
     def retire(self, worker_id: int, reason: str) -> None:
-        """Replace a worker now; it finishes what it holds, then is told to leave."""
+        """Replace a worker: it takes nothing new, finishes what it holds, then leaves."""
         worker = self.workers.get(worker_id)
         if worker is None or worker.retiring:
             return
+        self._retire(worker, reason)
+        self.reconcile()
+
+    def _retire(self, worker: WorkerProcess, reason: str) -> None:
         worker.retiring = True
         log.info("%r %s: replacing it", worker, reason)
-        self._schedule_respawn()
         if worker.ready:
             self.events.worker_retiring(worker)     # it leaves once drained
         else:
@@ -144,37 +145,64 @@ class Supervisor:
             return
         self.size += delta
         log.info("now %d workers wanted", self.size)
-        if delta > 0:
-            self._schedule_respawn()
-            return
-        serving = [w for w in self.workers.values() if not w.retiring]
-        if len(serving) > self.size:
-            # one not ready yet, else the newest
-            victim = min(serving, key=lambda w: (w.ready, -w.id))
-            self.retire(victim.id, "is one too many")
+        self.reconcile()
 
     def reload(self) -> None:
-        """Start a fresh generation of workers; each old one leaves when a new one is ready,
-        so capacity never dips, and a generation that cannot start leaves the old serving."""
+        """Start a fresh generation; each old worker leaves as a new one is ready, so
+        capacity never dips, and a generation that cannot start leaves the old serving."""
         self.generation += 1
-        for _ in range(self.size):
-            self.spawn()
-
-    def check_runaway(self, worker_timeout: float) -> None:
-        """Kill a worker that has run one request for longer than ``worker_timeout``."""
-        now = time.monotonic()
-        for worker in self.workers.values():
-            request_id, started = self.progress.running(worker.slot)
-            if request_id and not worker.killed and now - started > worker_timeout:
-                log.warning("%r has run one request for %.1f s (worker_timeout %s s): killing it",
-                            worker, now - started, worker_timeout)
-                worker.killed = True
-                self.kill(worker, signal.SIGKILL)
+        self.reconcile()
 
     def close(self) -> None:
         self.stopping = True
         if self.respawn_timer is not None:
             self.respawn_timer.stop()
+
+    # -- the one decision --------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        """Start and retire workers until ``size`` of the newest generation serve."""
+        if self.stopping:
+            return
+        staying = [w for w in self.workers.values() if not w.retiring]
+        current = [w for w in staying if w.generation == self.generation]
+        old = [w for w in staying if w.generation < self.generation]
+        for worker in old:
+            if not worker.ready:
+                self._retire(worker, "was superseded by a reload before it was ready")
+        old_ready = [w for w in old if w.ready]
+        keep = max(0, self.size - sum(1 for w in current if w.ready))
+        for worker in old_ready[:max(0, len(old_ready) - keep)]:
+            self._retire(worker, "is replaced by a fresh one (reload)")
+        extra = sorted(current, key=lambda w: (w.ready, -w.id))[:max(0, len(current) - self.size)]
+        for worker in extra:
+            self._retire(worker, "is one too many")
+        missing = self.size - len(current)
+        if missing <= 0 or (self.respawn_timer is not None and self.respawn_timer.active):
+            return
+        wait = self.next_start - self.clock.now()
+        if wait > 0:
+            log.warning("workers cannot start (%s): next try in %.1f s",
+                        ", ".join(c for c, b in self.backoffs.items() if b.failures), wait)
+            self.respawn_timer = self.clock.call_later(wait, self._after_backoff)
+        else:
+            for _ in range(missing):
+                self._spawn()
+
+    def _after_backoff(self) -> None:
+        self.respawn_timer = None
+        self.reconcile()
+
+    def _spawn(self) -> WorkerProcess:
+        lifetime = None
+        if self.max_requests:
+            lifetime = self.max_requests + random.randint(0, self.max_requests_jitter)
+        worker = WorkerProcess(self.next_id, self.progress.allocate(), self.clock.now(),
+                               self.generation, lifetime)
+        self.next_id += 1
+        self.workers[worker.id] = worker
+        self.forkserver.spawn(worker.id, worker.slot)
+        return worker
 
     # -- what it reports ---------------------------------------------------------------------
 
@@ -193,10 +221,11 @@ class Supervisor:
             return
         worker.pid = pid
         worker.ready = True
-        log.debug("%r ready", worker)
-        if worker.generation == self.generation:
-            self._replace_one_old()
+        self.backoffs.clear()           # the code can start: failures before say nothing now
+        self.next_start = 0.0
+        log.debug("%r ready (generation %d)", worker, worker.generation)
         self.events.worker_ready(worker)
+        self.reconcile()
 
     def spawned(self, worker_id: int, pid: int) -> None:
         worker = self.workers.get(worker_id)
@@ -208,45 +237,59 @@ class Supervisor:
         if worker is None:
             return
         worker.pid = pid
-        # Died before it was ready, or soon after on its own: a signal from outside (an
-        # operator, worker_timeout) says nothing about whether the next one can start.
-        young = not worker.retiring and (not worker.ready or (
-            not os.WIFSIGNALED(status) and self.clock.now() - worker.born < YOUNG))
         claimed = self.progress.read(worker.slot)[1]
-        self.events.worker_lost(worker, describe_status(status), exit_kind(worker, status), claimed)
+        cause = describe_status(status, worker.ready)
+        self.events.worker_lost(worker, cause, exit_kind(worker, status), claimed)
         self.progress.release(worker.slot)
-        if self.stopping or worker.retiring:
-            return
-        if young:
-            self.backoff.failed()
-        else:
-            self.backoff.succeeded()
-        self._schedule_respawn()
+        # Only a worker that could not start says something about the next one; the
+        # back-off is kept per cause, so one kind of failure does not slow another.
+        outside = os.WIFSIGNALED(status) and os.WTERMSIG(status) in OUTSIDE
+        if not worker.ready and not worker.retiring and not outside and not self.stopping:
+            delay = self.backoffs.setdefault(cause, Backoff()).failed()
+            self.next_start = max(self.next_start, self.clock.now() + delay)
+        self.reconcile()
 
     def forkserver_gone(self) -> None:
         self.events.forkserver_gone()
 
-    def _replace_one_old(self) -> None:
+    # -- liveness ----------------------------------------------------------------------------
+
+    def check_liveness(self, worker_timeout: float | None, silence: float) -> None:
+        """Kill workers that stopped making progress: one busy on one request past
+        ``worker_timeout``; one stopped (SIGSTOP) or silent while idle (its idle loop beats
+        every half second) past ``worker_timeout``, or ``silence`` when there is none."""
+        now = time.monotonic()
         for worker in self.workers.values():
-            if worker.generation < self.generation and not worker.retiring:
-                self.retire(worker.id, "is replaced by a fresh one (reload)")
-                return
+            if not worker.ready or worker.killed:
+                continue
+            _, _, running, since, _, beat = self.progress.read(worker.slot)
+            why = stall(running, now - since, now - beat, worker_timeout, silence,
+                        lambda: is_stopped(worker.pid))
+            if why is not None:
+                log.warning("%r %s: killing it", worker, why)
+                worker.killed = "worker_timeout"
+                self.kill(worker, signal.SIGKILL)
 
-    def _schedule_respawn(self) -> None:
-        missing = self.size - self.serving_count()
-        if missing <= 0 or self.stopping or (self.respawn_timer is not None and self.respawn_timer.active):
-            return
-        delay = self.backoff.delay()
-        if not delay:
-            for _ in range(missing):
-                self.spawn()
-            return
-        log.warning("workers keep dying young (%d in a row): next spawn in %.1f s",
-                    self.backoff.failures, delay)
-        self.respawn_timer = self.clock.call_later(delay, self._respawn_after_delay)
 
-    def _respawn_after_delay(self) -> None:
-        self.respawn_timer = None
-        if not self.stopping:
-            for _ in range(self.size - self.serving_count()):
-                self.spawn()
+def stall(running: int, busy: float, silent: float, worker_timeout: float | None,
+          silence: float, stopped: Callable[[], bool]) -> str | None:
+    """Why a worker counts as making no progress, or None. ``busy``: how long it has run
+    its current request; ``silent``: since its idle loop last beat."""
+    limit = max(worker_timeout if worker_timeout is not None else silence, MIN_SILENCE)
+    if running:
+        if worker_timeout is not None and busy > worker_timeout:
+            return "has run one request for %.1f s (worker_timeout %s s)" % (busy, worker_timeout)
+        if busy > limit and stopped():
+            return "is stopped and has held one request for %.1f s" % busy
+    elif silent > limit:
+        return "has not been heard from for %.1f s while idle" % silent
+    return None
+
+
+def is_stopped(pid: int | None) -> bool:
+    """Whether a process is stopped (SIGSTOP, a debugger), from /proc."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError, TypeError):
+        return False

@@ -77,6 +77,7 @@ class Worker:
         self.typical = 0.0              # moving average of handler time, seconds
         self.queue: collections.deque[tuple[int, int, int, zmq.Frame]] = collections.deque()
         self.waiting = False            # in recv, where a TERM may interrupt it
+        self.serving = False            # set up and connected
         self.stopping = False
         self.contact = 0.0              # when the producer was last heard from
 
@@ -92,6 +93,7 @@ class Worker:
         ctx = zmq.Context()
         try:
             self._connect(ctx)
+            self.serving = True
             self._serve()
         finally:
             ctx.destroy(linger=2000)
@@ -147,7 +149,7 @@ class Worker:
     def _run(self, request_id: int, payload: zmq.Frame, began: float) -> None:
         try:
             body = reply_bytes(self.consumer.handle(payload.bytes))
-        except Exception:
+        except BaseException:       # SystemExit, KeyboardInterrupt: fail the request alone
             text = "worker %d (pid %d):\n%s" % (self.id, os.getpid(), traceback.format_exc())
             self.push.send(wire.encode_head(wire.ERROR, self.id, request_id), wire.SNDMORE)
             self.push.send(text.encode())
@@ -164,10 +166,11 @@ class Worker:
         return max(self.slow_min, 4 * self.typical)
 
     def _on_term(self, signum: int, frame: object) -> None:
-        """Finish the request under way; an idle worker leaves at once.
-
-        Whatever it holds and has not started is given to other workers by the producer.
-        """
+        """Finish the request under way; an idle worker leaves at once, and so does one
+        still starting (it holds nothing). Whatever it holds and has not started is given
+        to other workers by the producer."""
+        if not self.serving:
+            os._exit(0)
         self.stopping = True
         if self.waiting:
             raise StopNow

@@ -24,11 +24,13 @@ from . import curve, wire
 from .consumer import Consumer, as_consumer
 from .procutil import Backoff, die_with_parent, original
 from .progress import ProgressTable
-from .supervisor import YOUNG
 from .worker import Worker, prepare_process
 
 log = logging.getLogger("gaspar2.remote")
 START_THREAD, SLEEP = original("_thread", "start_new_thread"), original("time", "sleep")
+# The leader cannot see whether a worker became ready (its HELLO goes to the producer): one
+# that dies within this many seconds of its start is taken for one that cannot start.
+YOUNG = 1.0
 
 
 class RemoteWorker(Worker):

@@ -1,14 +1,19 @@
 """Fixtures: real gaspar2 servers in subprocesses, and helpers to watch them."""
 
+import collections
 import os
+import random
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
+
+from gaspar2 import client
 
 def pytest_addoption(parser):
     parser.addoption("--heavy", action="store_true", help="run the full-size stress tests")
@@ -204,3 +209,46 @@ def exchange(server, data, shut_wr=False):
                 chunks.append(chunk)
         except ConnectionResetError:
             return "reset", b"".join(chunks)
+
+
+class Load:
+    """Threads sending requests back to back until ``stop()``: counts each outcome ("ok",
+    "wrong", "reset" or "failed: ...") and keeps the slowest request's time."""
+
+    def __init__(self, url, concurrency, payload_for=lambda rng: b"x", expect=None):
+        self.url, self.payload_for = url, payload_for
+        self.expect = expect or (lambda payload: payload)
+        self.outcomes = collections.Counter()
+        self.worst = 0.0
+        self.lock = threading.Lock()
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._run, args=(n,)) for n in range(concurrency)]
+        for thread in self.threads:
+            thread.start()
+
+    def _run(self, n):
+        rng = random.Random(n)
+        while not self.stopping.is_set():
+            payload = self.payload_for(rng)
+            began = time.monotonic()
+            try:
+                reply = client.request(self.url, payload, timeout=60)
+                outcome = "ok" if reply == self.expect(payload) else "wrong"
+            except client.RequestReset:
+                outcome = "reset"
+            except client.RequestFailed as exc:
+                outcome = "failed: %s" % exc
+            with self.lock:
+                self.outcomes[outcome] += 1
+                self.worst = max(self.worst, time.monotonic() - began)
+
+    def count(self, outcome="ok"):
+        with self.lock:
+            return self.outcomes[outcome]
+
+    def stop(self):
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(90)
+            assert not thread.is_alive(), "a request hung"
+        return self.outcomes

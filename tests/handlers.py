@@ -35,6 +35,10 @@ def work(message):
         return str(os.getpid())
     if command == b"exit":
         os._exit(7)
+    if command == b"sysexit":
+        raise SystemExit(2)           # as argparse does on bad input
+    if command == b"interrupt":
+        raise KeyboardInterrupt
     if command == b"fail":
         raise RuntimeError("asked to fail")
     if command == b"bad":
@@ -61,6 +65,16 @@ class BrokenSetup(gaspar2.Consumer):
 
     def handle(self, message):
         return message
+
+
+class SlowStart(gaspar2.Consumer):
+    """setup() takes $GASPAR2_SETUP_SECONDS (0.5 by default); handle() is ``work``."""
+
+    def setup(self):
+        time.sleep(float(os.environ.get("GASPAR2_SETUP_SECONDS", "0.5")))
+
+    def handle(self, message):
+        return work(message)
 
 
 class SlowSetup(gaspar2.Consumer):

@@ -10,40 +10,16 @@ import selectors
 import signal
 import socket
 import struct
-import threading
 import time
 
 import pytest
 
 from gaspar2 import client
 
-from conftest import alive, connect, wait_for
+from conftest import Load, alive, connect, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 MiB = 2**20
-
-
-def closed_loop(url, concurrency, stop, payload_for):
-    """Threads sending requests back to back until ``stop`` is set; counts outcomes."""
-    outcomes = collections.Counter()
-    lock = threading.Lock()
-
-    def run(n):
-        rng = random.Random(n)
-        while not stop.is_set():
-            payload = payload_for(rng)
-            try:
-                reply = client.request(url, payload, timeout=60)
-                outcome = "ok" if reply == payload else "wrong"
-            except client.RequestFailed as exc:
-                outcome = "reset" if "reset" in str(exc) else "failed: %s" % exc
-            with lock:
-                outcomes[outcome] += 1
-
-    threads = [threading.Thread(target=run, args=(n,)) for n in range(concurrency)]
-    for t in threads:
-        t.start()
-    return threads, outcomes
 
 
 def raise_fd_limit():
@@ -67,8 +43,7 @@ def settled(server, baseline, workers):
 def test_worker_chaos(serve, seconds):
     server = serve("gaspar2.examples:echo", "--workers", "2")
     baseline = server.status()
-    stop = threading.Event()
-    threads, outcomes = closed_loop(server.url, 64, stop, lambda rng: os.urandom(rng.randint(0, 2000)))
+    load = Load(server.url, 64, lambda rng: os.urandom(rng.randint(0, 2000)))
     kills, rng = 0, random.Random(1)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -79,11 +54,8 @@ def test_worker_chaos(serve, seconds):
                 kills += 1
             except ProcessLookupError:
                 pass
-        stop.wait(0.25)     # the kill rate of the test, not a synchronisation
-    stop.set()
-    for t in threads:
-        t.join(90)
-        assert not t.is_alive(), "a request hung"
+        load.stopping.wait(0.25)     # the kill rate of the test, not a synchronisation
+    outcomes = load.stop()
     assert set(outcomes) <= {"ok", "reset"}, outcomes
     assert outcomes["reset"] <= kills, (outcomes, kills)
     assert outcomes["ok"] > 0
