@@ -266,3 +266,21 @@ def environment(**extra):
     env["PYTHONPATH"] = ROOT
     env.update(extra)
     return env
+
+
+# Moves fd argv[1] to argv[2], sets LISTEN_PID to its own pid when argv[3] says "self",
+# and execs the rest: systemd's part in socket activation.
+ACTIVATE = """import os, sys
+source, target, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+os.dup2(source, target)
+os.environ["LISTEN_PID"] = str(os.getpid()) if pid == "self" else pid
+os.execv(sys.argv[4], sys.argv[4:])
+"""
+
+
+def start_activated(tmp_path, sock, target_fd, listen_pid, target, args, env, cwd=ROOT):
+    """A server started as systemd starts one: ``sock`` as fd ``target_fd``, LISTEN_PID
+    ``"self"`` (its own pid) or another; LISTEN_FDS comes with ``env``."""
+    prefix = [sys.executable, "-c", ACTIVATE, str(sock.fileno()), str(target_fd), listen_pid]
+    return Server(target, args, tmp_path / "log", env=env, prefix=prefix, port=None, cwd=cwd,
+                  pass_fds=[sock.fileno()])

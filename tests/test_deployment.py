@@ -15,7 +15,7 @@ import pytest
 
 from gaspar2 import client
 
-from conftest import ROOT, Server, environment, wait_for
+from conftest import ROOT, Server, environment, start_activated, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -185,22 +185,6 @@ def test_unix_socket_mode_and_refusing_a_live_socket(serve, tmp_path):
     second.stop()
     assert unix_exchange(path, frame(b"still")) == ("ok", b"still")
     first.stop()
-
-
-# Moves fd argv[1] to argv[2], sets LISTEN_PID to its own pid when argv[3] says "self",
-# and execs the rest: systemd's part in socket activation.
-ACTIVATE = """import os, sys
-source, target, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-os.dup2(source, target)
-os.environ["LISTEN_PID"] = str(os.getpid()) if pid == "self" else pid
-os.execv(sys.argv[4], sys.argv[4:])
-"""
-
-
-def start_activated(tmp_path, sock, target_fd, listen_pid, target, args, env):
-    prefix = [sys.executable, "-c", ACTIVATE, str(sock.fileno()), str(target_fd), listen_pid]
-    return Server(target, args, tmp_path / "log", env=env, prefix=prefix, port=None,
-                  pass_fds=[sock.fileno()])
 
 
 def test_socket_activation(tmp_path):
