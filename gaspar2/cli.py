@@ -88,6 +88,17 @@ def start_logging(values: Any) -> None:
     logs.configure(values.log_level, values.log_format, values.error_logfile, access)
 
 
+def prepare(command: str, values: Any, target: str) -> int:
+    """Start logging and find the app; an exit code, 0 when both went well."""
+    try:
+        start_logging(values)
+        return probe(target)
+    except OSError as exc:
+        return usage_error(command, "cannot open a log file: %s" % exc)
+    except ValueError as exc:
+        return usage_error(command, exc)
+
+
 def gather(args: argparse.Namespace) -> tuple[dict[str, Any], settings.Settings, str | None]:
     """Every source merged by precedence, resolved, and the config file read (if any)."""
     given = {k: v for k, v in vars(args).items() if k in settings.BY_NAME}
@@ -107,13 +118,7 @@ def serve(args: argparse.Namespace) -> int:
         return 0
     if args.target is None:
         return usage_error("serve", "MODULE:ATTR is required")
-    try:
-        start_logging(values)
-        code = probe(args.target)
-    except OSError as exc:
-        return usage_error("serve", "cannot open a log file: %s" % exc)
-    except ValueError as exc:
-        return usage_error("serve", exc)
+    code = prepare("serve", values, args.target)
     if code:
         return code
     options = settings.producer_options(merged)
@@ -166,13 +171,7 @@ def worker(args: argparse.Namespace) -> int:
     values = settings.Settings(**{**settings.DEFAULTS, **vars(args)})
     if bool(args.curve_secret_key) != bool(args.curve_server_key):
         return usage_error("worker", "CURVE needs both --curve-secret-key and --curve-server-key")
-    try:
-        start_logging(values)
-        code = probe(args.target)
-    except OSError as exc:
-        return usage_error("worker", "cannot open a log file: %s" % exc)
-    except ValueError as exc:
-        return usage_error("worker", exc)
+    code = prepare("worker", values, args.target)
     if code:
         return code
     return serve_group(args.target, args.connect, args.workers, args.listen, args.advertise,

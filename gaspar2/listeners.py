@@ -201,18 +201,12 @@ def remove_stale(path: str) -> None:
     raise OSError(errno.EADDRINUSE, "another process listens on unix:%s" % path)
 
 
-class HeldBackReader:
+class HeldBackReader(wire.FrameReader):
     """Reads a frame from a unix socket as ``wire.FrameReader`` does, except its last byte,
     which stays in the socket (peeked at) until ``release``: closing with it unread is what
     tells the client ECONNRESET. Bytes past the frame are not read at all."""
 
-    __slots__ = ("max_size", "header", "got", "payload")
-
-    def __init__(self, max_size: int):
-        self.max_size = max_size
-        self.header = b""
-        self.got = 0
-        self.payload: bytes | bytearray | None = None
+    __slots__ = ()
 
     def read_from(self, sock: Any) -> bool:
         if self.payload is None and not self._read_header(sock):

@@ -56,12 +56,18 @@ def test_config_file_and_environment_errors_exit_2(tmp_path):
     assert done.returncode == 2 and "GASPAR2_CMD_ARGS: error" in done.stderr.decode()
 
 
-def test_app_that_cannot_be_found_exits_4_before_forking(tmp_path):
-    (tmp_path / "myapp.py").write_text("def start(message):\n    return message\n")
-    done = gaspar2_cli("serve", "myapp:stat", "--workers", "8", "--port", "0", cwd=tmp_path,
+def serve_module(tmp_path, name, source, target):
+    """Serve ``target`` from a module ``name`` written with ``source``: (exit code, stderr)."""
+    (tmp_path / (name + ".py")).write_text(source)
+    done = gaspar2_cli("serve", target, "--workers", "8", "--port", "0", cwd=tmp_path,
                        env=environment())
-    err = done.stderr.decode()
-    assert done.returncode == 4, err
+    return done.returncode, done.stderr.decode()
+
+
+def test_app_that_cannot_be_found_exits_4_before_forking(tmp_path):
+    code, err = serve_module(tmp_path, "myapp", "def start(message):\n    return message\n",
+                             "myapp:stat")
+    assert code == 4, err
     assert "cannot load myapp:stat: module 'myapp' has no attribute 'stat'" in err
     assert "(did you mean 'start'?)" in err
     assert "Traceback" not in err and len(err.splitlines()) == 1, err
@@ -82,11 +88,9 @@ def test_worker_that_cannot_boot_exits_3_with_one_traceback(tmp_path):
 
 
 def test_app_whose_import_raises_exits_3_with_one_traceback(tmp_path):
-    (tmp_path / "broken.py").write_text("import json\nraise RuntimeError('no config')\n")
-    done = gaspar2_cli("serve", "broken:app", "--workers", "4", "--port", "0", cwd=tmp_path,
-                       env=environment())
-    err = done.stderr.decode()
-    assert done.returncode == 3, err
+    code, err = serve_module(tmp_path, "broken", "import json\nraise RuntimeError('no config')\n",
+                             "broken:app")
+    assert code == 3, err
     assert "cannot load broken:app: importing broken raised RuntimeError: no config" in err
     assert err.count("Traceback (most recent call last)") == 1, err
 
