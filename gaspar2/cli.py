@@ -123,12 +123,12 @@ def serve(args: argparse.Namespace) -> int:
         return code
     options = settings.producer_options(merged)
     options["access_log"] = bool(values.access_log or values.access_logfile)
-    return run(Producer(args.target, **options), args.target)
+    return run(args.target, options)
 
 
-def run(producer: Producer, target: str) -> int:
+def run(target: str, options: dict[str, Any]) -> int:
     try:
-        producer.start()
+        Producer(target, **options).start()
     except WorkerBootError as exc:
         log.error("cannot serve %s: %s", target, exc)
         return EXIT_BOOT

@@ -107,6 +107,7 @@ def configure(level: str = "info", shape: str = "text", error_logfile: str | Non
     errors.setFormatter(formatter_for(shape))
     root.addHandler(errors)
     root.setLevel(level.upper())
+    logging.captureWarnings(True)       # warnings too, in the same shape
     access = logging.getLogger(ACCESS_LOGGER)
     for handler in list(access.handlers):
         access.removeHandler(handler)

@@ -114,7 +114,8 @@ class Metrics:
         app = prom.make_wsgi_app(registry)
         if health is not None:
             app = health_app(health, app)
-        self.server = WSGIServer((host.strip("[]") or "127.0.0.1", int(port)), app, log=None)
+        self.server = WSGIServer((host.strip("[]") or "127.0.0.1", int(port)), app, log=None,
+                                 error_log=logging.getLogger("gaspar2.metrics"))
         try:
             self.server.start()
         except OSError as exc:
