@@ -86,10 +86,7 @@ class Worker:
 
     def run(self) -> int:
         """Serve until told to stop or orphaned; returns the exit status."""
-        # Until it serves, TERM ends a worker at once and quietly: it holds nothing yet, and
-        # a traceback being written must not be interrupted by another one.
-        set_signal = original("signal", "signal")
-        set_signal(signal.SIGTERM, signal.SIG_DFL)
+        original("signal", "signal")(signal.SIGTERM, self._on_term)
         try:
             self.consumer = self.make_consumer()
             self.consumer.setup()
@@ -97,7 +94,6 @@ class Worker:
             report_setup_failure(self.id, self.report_dir)
             return EXIT_SETUP_FAILED
         setup_succeeded(self.report_dir)
-        set_signal(signal.SIGTERM, self._on_term)
         ctx = zmq.Context()
         try:
             self._connect(ctx)
