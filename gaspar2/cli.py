@@ -12,7 +12,7 @@ from typing import Any
 from . import __version__, client, config, listeners, logs, settings
 from .consumer import as_consumer
 from .curve import generate_keys
-from .loading import EXIT_BOOT, EXIT_USAGE, probe
+from .loading import EXIT_BOOT, EXIT_USAGE, find_module, probe
 from .producer import Producer, WorkerBootError
 from .workergroup import serve_group
 
@@ -92,7 +92,7 @@ def prepare(command: str, values: Any, target: str) -> int:
     """Start logging and find the app; an exit code, 0 when both went well."""
     try:
         start_logging(values)
-        return probe(target)
+        return probe(target) if command == "serve" else find_module(target)
     except OSError as exc:
         return usage_error(command, "cannot open a log file: %s" % exc)
     except ValueError as exc:

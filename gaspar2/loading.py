@@ -12,8 +12,10 @@ import difflib
 import glob
 import hashlib
 import importlib
+import importlib.util
 import logging
 import os
+import signal
 import sys
 import traceback
 from typing import Any
@@ -81,10 +83,30 @@ def probe(spec: str) -> int:
     return code if code >= 0 else EXIT_BOOT
 
 
+def find_module(spec: str) -> int:
+    """Whether MODULE of ``spec`` can be found, without importing it (nor forking): for
+    ``gaspar2 worker``, whose workers report the rest themselves."""
+    module_name, _ = split_spec(spec)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        found = importlib.util.find_spec(module_name)
+    except ImportError:
+        found = None
+    if found is None:
+        log.error("cannot load %s: no module named %r", spec, module_name)
+        return EXIT_LOAD
+    return 0
+
+
 def report_setup_failure(worker_id: int, directory: str | None) -> None:
     """Log why a worker's import or setup() failed, with the traceback. A traceback that
     another worker of this producer logged already, with no worker started since, is not
-    logged again: eight workers failing alike print it once."""
+    logged again: eight workers failing alike print it once.
+
+    TERM is held off from here on: the producer stops the other workers as soon as one has
+    failed, and the worker that took the turn to log must not die before it has."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     text = traceback.format_exc()
     if directory is not None and not first_report(directory, text):
         log.debug("worker %d: setup() failed the same way: %s", worker_id,

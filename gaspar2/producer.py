@@ -19,10 +19,9 @@ from typing import Any
 import gevent
 import gevent.event
 
-from . import forkserver, listeners, logs, observe, settings, systemd
+from . import forkserver, logs, observe, settings
 from .consumer import Consumer, as_consumer, describe, split_spec
-from .delivery import after_reply
-from .observe import Observer
+from .exposure import Exposure
 from .pipeline import Pipeline
 from .procutil import make_ipc_dir, raise_open_file_limit, set_title
 from .progress import ProgressTable
@@ -70,13 +69,7 @@ class Producer:
         else:
             self.spec, self.consumer = None, as_consumer(consumer)
         self.name = self.settings.name or self.spec or describe(self.consumer)
-        listeners.validate(self.settings.bind)
-        self.notifier = systemd.Notifier.from_environment()
-        self.activated = systemd.listen_fds()
         self.state = State.STARTING
-        self._address: tuple[str, int] | None = None   # the first TCP listener's
-        self.label = ""                 # how logs and titles name the first TCP listener
-        self.addresses: list[str] = []  # every listener's, once serving
         self._stop_signal = ("", 0.0)   # the first stop signal, and when it was logged
         self.running = gevent.event.Event()
         self.stopped = gevent.event.Event()
@@ -87,8 +80,8 @@ class Producer:
         self.pipeline = Pipeline(self, self.settings, self.loop, self.progress)
         self.frontend = self.pipeline.frontend
         self.supervisor = self.pipeline.supervisor
-        self.reload_watch = systemd.ReloadWatch(self.loop, self.notifier, self.supervisor,
-                                                self._serving_line)
+        self.exposure = Exposure(self.settings, self.loop, self.pipeline, self.name)
+        self.notifier = self.exposure.notifier
         self.ipc_dir: str | None = None
         self.fork: forkserver.ForkServerClient | None = None
         self.transport: Transport | None = None
@@ -98,11 +91,15 @@ class Producer:
     def address(self) -> tuple[str, int]:
         """The bound (host, port) of the first TCP listener, once serving (port 0 picks a
         free one); ``addresses`` names every listener."""
-        if self._address is None:
+        if self.exposure.address is None:
             if self.addresses:
                 raise RuntimeError("no TCP listener: see addresses %s" % self.addresses)
             raise RuntimeError("the producer is not serving yet: call start() first")
-        return self._address
+        return self.exposure.address
+
+    @property
+    def addresses(self) -> list[str]:
+        return self.exposure.addresses
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -142,38 +139,20 @@ class Producer:
             self.pipeline.remote = RemoteMembers(self.pipeline, self.transport.ctx, remote_sink,
                                                  s.heartbeat)
             log.info("remote workers may join at %s", remote_sink.endpoint)
-        self._observe()         # metrics and /healthz answer while the workers start
+        self.exposure.observe(self.health)     # metrics and /healthz answer while workers start
         self.notifier.status("starting %d workers" % s.workers)
         self.supervisor.start()
         self._startup.get()
-        self._listen()
+        self.exposure.listen()
         self._startup.get()         # again: a stop signal may have come meanwhile
         self.frontend.start()
         self.sweeper = self.loop.timer(SWEEP_INTERVAL, SWEEP_INTERVAL)
         self.sweeper.start(self.pipeline.sweep)
         self.state = State.SERVING
         self.running.set()
-        set_title("gaspar2 producer %s %s" % (self.name, self.label))
-        log.info("gaspar2 %s", self._serving_line())
-        self.notifier.ready(self._serving_line())
-
-    def _serving_line(self) -> str:
-        return "serving %s on %s with %d workers" % (self.name, self.label, self.supervisor.size)
-
-    def _observe(self) -> None:
-        s = self.settings
-        if s.metrics or s.access_log:
-            gauges = observe.gauges(self.frontend, self.pipeline.dispatcher,
-                                    self.pipeline.ready_count)
-            self.pipeline.observer = Observer(gauges, s.metrics, s.access_log, self.health)
-
-    def _listen(self) -> None:
-        s = self.settings
-        opened = listeners.open_all(s.bind, s.backlog, s.unix_socket_mode, self.activated)
-        self.frontend.listen(opened)
-        self.frontend.after_reply = after_reply(self.loop, self.frontend, opened,
-                                                self.pipeline.observer is not None)
-        self.addresses, self.label, self._address = listeners.announce(opened, self.activated)
+        set_title("gaspar2 producer %s %s" % (self.name, self.exposure.label))
+        log.info("gaspar2 %s", self.exposure.serving_line())
+        self.notifier.ready(self.exposure.serving_line())
 
     def _make_consumer(self) -> Consumer:
         return as_consumer(self.spec) if self.spec else self.consumer
@@ -207,7 +186,7 @@ class Producer:
             self.fork.close()
         if self.sweeper is not None:
             self.sweeper.stop()
-        self.reload_watch.stop()
+        self.exposure.reload_watch.stop()
         if self.pipeline.observer is not None:
             self.pipeline.observer.close()
         if self.transport is not None:
@@ -270,7 +249,7 @@ class Producer:
             log.info("SIGHUP: replacing every worker with a fresh one")
             self.notifier.reloading()
             self.supervisor.reload()
-            self.reload_watch.start()
+            self.exposure.reload_watch.start()
 
     def handle_ttin(self) -> None:
         if self.state in (State.STARTING, State.SERVING):

@@ -95,7 +95,7 @@ class ReloadWatch:
         if self.notifier.address is None:
             return
         self.stop()
-        self.failures = self.supervisor.backoff.failures
+        self.failures = self._failures()
         self.timer = self.loop.timer(RELOAD_CHECK, RELOAD_CHECK)
         self.timer.start(self._check)
 
@@ -104,12 +104,16 @@ class ReloadWatch:
             self.timer.stop()
             self.timer = None
 
+    def _failures(self) -> int:
+        """Workers that failed to start in a row, whatever the cause."""
+        return sum(backoff.failures for backoff in self.supervisor.backoffs.values())
+
     def _check(self) -> None:
         sup = self.supervisor
         if not any(w.generation < sup.generation for w in sup.workers.values()):
             self.stop()
             self.notifier.ready(self.serving() + " (reloaded)")
-        elif sup.backoff.failures > self.failures:
+        elif self._failures() > self.failures:
             self.stop()
             self.notifier.ready("reload failed: the new workers cannot start; the old ones "
                                 "keep serving")
