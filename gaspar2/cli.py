@@ -3,39 +3,46 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sys
 import traceback
 from typing import Any
 
-from . import client, settings
-from .consumer import as_consumer, split_spec
+from . import __version__, client, config, listeners, logs, settings
+from .consumer import as_consumer
 from .curve import generate_keys
-from .producer import Producer
+from .loading import EXIT_BOOT, EXIT_USAGE, find_module, probe
+from .producer import Producer, WorkerBootError
 from .workergroup import serve_group
 
 log = logging.getLogger("gaspar2")
-LOG_FORMAT = "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"
 
+SERVE_EPILOG = """\
+settings come from the command line, then GASPAR2_CMD_ARGS (more arguments, as on the
+command line), then the config file (-c, or ./gaspar2.conf.py when present), then the
+defaults; --print-config shows the result.
 
-def find_target(spec: str) -> None:
-    """Check that MODULE of ``MODULE:ATTR`` can be found, without importing it: the
-    workers import it, each afresh, so a reload (SIGHUP) picks up new code."""
-    module_name, _ = split_spec(spec)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    if importlib.util.find_spec(module_name) is None:
-        raise ImportError("no module named %r" % module_name)
+timeouts: --timeout is the client's deadline: past it the request fails, and a worker still
+running that one request is replaced, since its answer can no longer reach anyone.
+--worker-timeout is the handler's deadline (by default the same): the worker running one
+request that long is killed and replaced. --read-timeout is the client's time to send its
+request; --graceful-timeout is the time a stop gives to the requests under way.
+
+exit status: 0 stopped by a signal, 1 cannot serve (address in use...), 2 usage (command
+line, GASPAR2_CMD_ARGS, config file), 3 a worker cannot start (the app's import or setup()
+raised), 4 the app cannot be found (no such module or attribute).
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gaspar2", description=__doc__)
+    parser.add_argument("--version", action="version", version="gaspar2 " + __version__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="serve a handler on every core")
-    serve.add_argument("target", metavar="MODULE:ATTR",
+    serve = commands.add_parser("serve", help="serve a handler on every core", epilog=SERVE_EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("target", metavar="MODULE:ATTR", nargs="?",
                        help="a handler function, a Consumer subclass or a Consumer instance")
     settings.add_arguments(serve)
 
@@ -52,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="these workers' .key_secret")
     worker.add_argument("--curve-server-key", default=None, metavar="FILE",
                         help="the producer's public .key")
-    settings.add_arguments(worker, ("heartbeat", "log_level"))
+    settings.add_arguments(worker, ("heartbeat", "log_level", "log_format", "error_logfile"))
 
     keys = commands.add_parser("keys", help="generate a CURVE key pair")
     keys.add_argument("directory")
@@ -68,32 +75,65 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolved(args: argparse.Namespace) -> dict[str, Any]:
-    """The defaults overlaid with the flags given."""
-    return {**settings.DEFAULTS, **vars(args)}
+def usage_error(command: str, message: Any) -> int:
+    print("gaspar2 %s: error: %s" % (command, message), file=sys.stderr)
+    return EXIT_USAGE
 
 
-def prepare(args: argparse.Namespace) -> dict[str, Any] | None:
-    """Resolve the settings, start logging and find the target; None if it cannot be found."""
-    values = resolved(args)
-    logging.basicConfig(level=values["log_level"].upper(), format=LOG_FORMAT, stream=sys.stderr)
+def start_logging(values: Any) -> None:
+    """Log as the settings say; OSError when a log file cannot be opened."""
+    access = values.access_logfile
+    if values.access_log and access is None:
+        access = "-"
+    logs.configure(values.log_level, values.log_format, values.error_logfile, access)
+
+
+def prepare(command: str, values: Any, target: str) -> int:
+    """Start logging and find the app; an exit code, 0 when both went well."""
     try:
-        find_target(args.target)
-    except (ImportError, ValueError) as exc:
-        log.error("cannot load %s: %s", args.target, exc)
-        return None
-    return values
+        start_logging(values)
+        return probe(target) if command == "serve" else find_module(target)
+    except OSError as exc:
+        return usage_error(command, "cannot open a log file: %s" % exc)
+    except ValueError as exc:
+        return usage_error(command, exc)
+
+
+def gather(args: argparse.Namespace) -> tuple[dict[str, Any], settings.Settings, str | None]:
+    """Every source merged by precedence, resolved, and the config file read (if any)."""
+    given = {k: v for k, v in vars(args).items() if k in settings.BY_NAME}
+    merged, path = config.gather(given)
+    values = settings.resolve(merged)
+    listeners.validate(values.bind)
+    return merged, values, path
 
 
 def serve(args: argparse.Namespace) -> int:
-    values = prepare(args)
-    if values is None:
-        return 2
-    producer = Producer(args.target, **settings.producer_options(values))
     try:
-        producer.start()
+        merged, values, path = gather(args)
+    except (config.ConfigError, ValueError, TypeError) as exc:
+        return usage_error("serve", exc)
+    if values.print_config:
+        sys.stdout.write(config.render(values, path))
+        return 0
+    if args.target is None:
+        return usage_error("serve", "MODULE:ATTR is required")
+    code = prepare("serve", values, args.target)
+    if code:
+        return code
+    options = settings.producer_options(merged)
+    options["access_log"] = bool(values.access_log or values.access_logfile)
+    return run(args.target, options)
+
+
+def run(target: str, options: dict[str, Any]) -> int:
+    try:
+        Producer(target, **options).start()
+    except WorkerBootError as exc:
+        log.error("cannot serve %s: %s", target, exc)
+        return EXIT_BOOT
     except (RuntimeError, OSError) as exc:
-        log.error("cannot serve %s: %s", args.target, exc)
+        log.error("cannot serve %s: %s", target, exc)
         return 1
     return 0
 
@@ -109,6 +149,8 @@ def request(args: argparse.Namespace) -> int:
         print("gaspar2 request: %s" % exc, file=sys.stderr)
         return 1
     sys.stdout.buffer.write(reply)
+    if sys.stdout.isatty() and not reply.endswith(b"\n"):
+        sys.stdout.buffer.write(b"\n")      # the shell's prompt starts on a line of its own
     sys.stdout.buffer.flush()
     return 0
 
@@ -126,14 +168,14 @@ def check(args: argparse.Namespace) -> int:
 
 
 def worker(args: argparse.Namespace) -> int:
-    values = prepare(args)
-    if values is None:
-        return 2
+    values = settings.Settings(**{**settings.DEFAULTS, **vars(args)})
     if bool(args.curve_secret_key) != bool(args.curve_server_key):
-        log.error("CURVE needs both --curve-secret-key and --curve-server-key")
-        return 2
+        return usage_error("worker", "CURVE needs both --curve-secret-key and --curve-server-key")
+    code = prepare("worker", values, args.target)
+    if code:
+        return code
     return serve_group(args.target, args.connect, args.workers, args.listen, args.advertise,
-                       args.curve_secret_key, args.curve_server_key, values["heartbeat"])
+                       args.curve_secret_key, args.curve_server_key, values.heartbeat)
 
 
 def keys(args: argparse.Namespace) -> int:

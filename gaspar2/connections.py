@@ -68,6 +68,8 @@ class FrontEndEvents(Protocol):
 
 
 class FrontEnd:
+    """Connections from every listener (see listeners.py) into one set."""
+
     def __init__(self, loop: Any, events: FrontEndEvents, settings: Any):
         self.loop = loop
         self.events = events
@@ -78,31 +80,17 @@ class FrontEnd:
         self.conns: set[Connection] = set()
         self.ids = itertools.count(1)
         self.accepted = 0
-        self.listener: Any = None
+        self.listeners: list[Any] = []
         self.accepting = False
-        self.family = socket.AF_INET
+        self.after_reply: Any = None    # called instead of closing "ok" (see delivery.py)
 
-    # -- the listener ----------------------------------------------------------------------
+    # -- the listeners ---------------------------------------------------------------------
 
-    def listen(self, host: str, port: int, backlog: int) -> tuple[str, int]:
-        family, kind, proto, _, addr = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        sock = _socket.socket(family, kind, proto)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            # Accepted sockets inherit this: unless a reply was written in full, closing one,
-            # even by the kernel when this process dies, resets it instead of faking an EOF.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, RESET_ON_CLOSE)
-            sock.bind(addr)
-            sock.listen(backlog)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise OSError(exc.errno, "cannot listen on %s:%s: %s" % (host, port, exc.strerror))
-        self.family = family
-        self.listener = sock
-        self.accept_watcher = self.loop.io(sock.fileno(), READ)
-        return sock.getsockname()[:2]
+    def listen(self, listeners: list[Any]) -> None:
+        """Accept from these ``listeners.Listener`` objects once started."""
+        for listener in listeners:
+            listener.watcher = self.loop.io(listener.sock.fileno(), READ)
+        self.listeners = listeners
 
     def start(self) -> None:
         self._resume_accepting()
@@ -110,42 +98,46 @@ class FrontEnd:
     def stop_accepting(self) -> None:
         """Close the listener, taking in first the connections the kernel already completed:
         their clients have sent their requests, and closing would reset them."""
-        if self.listener is None:
+        if not self.listeners:
             return
         self._pause_accepting()
-        while self._accept_one():
-            pass
+        for listener in self.listeners:
+            while self._accept_one(listener):
+                pass
         self.events.accept_done()
         self.close_listener()
 
     def close_listener(self) -> None:
-        if self.listener is not None:
+        if self.listeners:
             self._pause_accepting()
-            self.listener.close()
-            self.listener = None
+            for listener in self.listeners:
+                listener.close()
+            self.listeners = []
 
     def _pause_accepting(self) -> None:
         self.accepting = False
-        self.accept_watcher.stop()
+        for listener in self.listeners:
+            listener.watcher.stop()
 
     def _resume_accepting(self) -> None:
-        if self.listener is not None:
+        if self.listeners:
             self.accepting = True
-            self.accept_watcher.start(self._on_accept)
+            for listener in self.listeners:
+                listener.watcher.start(self._on_accept, listener)
 
-    def _on_accept(self) -> None:
+    def _on_accept(self, listener: Any) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
             if len(self.conns) >= self.max_connections:
                 self._pause_accepting()     # the rest wait in the kernel's listen queue
                 break
-            if not self._accept_one():
+            if not self._accept_one(listener):
                 break
         self.events.accept_done()
 
-    def _accept_one(self) -> bool:
+    def _accept_one(self, listener: Any) -> bool:
         """Accept one connection and read what it sent; False when there is none."""
         try:
-            fd, peer = self.listener._accept()
+            fd, peer = listener.sock._accept()
         except BlockingIOError:
             return False
         except OSError as exc:
@@ -153,8 +145,10 @@ class FrontEnd:
             return False
         # Naming the family spares three getsockopt calls; every read and write passes
         # MSG_DONTWAIT, which spares making the socket non-blocking.
-        sock = _socket.socket(self.family, socket.SOCK_STREAM, 0, fd)
+        sock = _socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
         conn = Connection(sock, peer, self.max_message_size, self.loop.now())
+        if listener.unix:
+            conn.peer, conn.reader = listener.label, listener.reader(self.max_message_size)
         self.conns.add(conn)
         self.accepted += 1
         self._read(conn)            # the frame often arrives with the handshake
@@ -216,7 +210,10 @@ class FrontEnd:
             self.fail(conn, "client_gone", "client gone before its reply was written: %s", exc)
             return
         if sent == len(view):
-            self._close(conn, "ok", FIN_ON_CLOSE)      # written in full: close in order
+            if self.after_reply is None:
+                self._close(conn, "ok", FIN_ON_CLOSE)      # written in full: close in order
+            else:
+                self.after_reply(conn)
             return
         conn.reply = view[sent:]
         if conn.watcher is not None:
@@ -228,6 +225,9 @@ class FrontEnd:
         conn.watcher.stop()
         assert conn.reply is not None
         self._write(conn, conn.reply)
+
+    def close_replied(self, conn: Connection) -> None:
+        self._close(conn, "ok", FIN_ON_CLOSE)
 
     def fail(self, conn: Connection, outcome: str, reason: str, *args: Any,
              quiet: bool = False) -> None:

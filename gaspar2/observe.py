@@ -1,13 +1,16 @@
-"""What operators can see: Prometheus metrics and the access log, both off by default.
+"""What operators can see: Prometheus metrics, the health endpoint and the access log, all
+off by default.
 
 The producer calls ``request_done`` once per request, whatever its outcome, and
-``worker_exited`` once per worker exit; nothing here runs when both are off. Gauges read
-the producer's state through the callables they are given, never its attributes.
+``worker_exited`` once per worker exit; nothing here runs when both are off. Gauges and the
+health endpoint read the producer's state through the callables they are given, never its
+attributes.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 from typing import Any, Callable
@@ -21,6 +24,7 @@ OUTCOMES = ("ok", "handler_error", "timeout", "worker_died", "bad_frame", "refus
 
 
 Gauges = dict[str, tuple[str, Callable[[], float]]]    # name -> (help, read)
+Health = Callable[[], tuple[bool, dict[str, Any]]]      # -> (healthy, counts)
 
 
 def status(frontend: Any, dispatcher: Any, workers: int) -> dict[str, int]:
@@ -37,6 +41,11 @@ def status(frontend: Any, dispatcher: Any, workers: int) -> dict[str, int]:
     }
 
 
+def health(state: str, counts: dict[str, int]) -> tuple[bool, dict[str, Any]]:
+    """Healthy while at least one worker is ready; the body: the state and the counts."""
+    return counts["workers"] > 0, {"state": state, **counts}
+
+
 def gauges(frontend: Any, dispatcher: Any, ready_count: Callable[[], int]) -> Gauges:
     return {
         "gaspar2_requests_at_workers": ("Requests handed to a worker", dispatcher.at_workers),
@@ -48,9 +57,10 @@ def gauges(frontend: Any, dispatcher: Any, ready_count: Callable[[], int]) -> Ga
 
 
 class Observer:
-    def __init__(self, gauges: Gauges, metrics_address: str | None, access: bool):
+    def __init__(self, gauges: Gauges, metrics_address: str | None, access: bool,
+                 health: Health | None = None):
         self.access = access
-        self.metrics = Metrics(gauges, metrics_address) if metrics_address else None
+        self.metrics = Metrics(gauges, metrics_address, health) if metrics_address else None
 
     def request_done(self, conn: Any, outcome: str, now: float) -> None:
         seconds = now - conn.accepted
@@ -58,9 +68,12 @@ class Observer:
         if self.metrics is not None:
             self.metrics.request_done(outcome, seconds, size_in, conn.size_out)
         if self.access:
-            access_log.info("%s %s in=%d out=%d %.1fms worker=%s", conn, outcome, size_in,
-                            conn.size_out if outcome == "ok" else 0, seconds * 1000,
-                            conn.served_by if conn.served_by is not None else "-")
+            fields = {"client": str(conn), "outcome": outcome, "bytes_in": size_in,
+                      "bytes_out": conn.size_out if outcome == "ok" else 0,
+                      "ms": round(seconds * 1000, 1), "worker": conn.served_by}
+            access_log.info("%s %s in=%d out=%d %.1fms worker=%s", fields["client"], outcome,
+                            size_in, fields["bytes_out"], seconds * 1000,
+                            "-" if conn.served_by is None else conn.served_by, extra=fields)
 
     def worker_exited(self, kind: str) -> None:
         if self.metrics is not None:
@@ -74,7 +87,7 @@ class Observer:
 class Metrics:
     """Prometheus metrics, served over HTTP from the producer's own gevent loop."""
 
-    def __init__(self, gauges: Gauges, address: str):
+    def __init__(self, gauges: Gauges, address: str, health: Health | None = None):
         try:
             import prometheus_client as prom
         except ImportError:
@@ -98,13 +111,17 @@ class Metrics:
         for name, (text, read) in gauges.items():
             prom.Gauge(name, text, registry=registry).set_function(read)
         host, _, port = address.rpartition(":")
-        self.server = WSGIServer((host or "127.0.0.1", int(port)), prom.make_wsgi_app(registry),
-                                 log=None)
+        app = prom.make_wsgi_app(registry)
+        if health is not None:
+            app = health_app(health, app)
+        self.server = WSGIServer((host.strip("[]") or "127.0.0.1", int(port)), app, log=None,
+                                 error_log=logging.getLogger("gaspar2.metrics"))
         try:
             self.server.start()
         except OSError as exc:
             raise OSError(exc.errno, "cannot serve metrics on %s: %s" % (address, exc.strerror))
-        log.info("metrics on http://%s:%d/metrics", *self.server.address[:2])
+        log.info("metrics on http://%s:%d/metrics, health on /healthz",
+                 *self.server.address[:2])
 
     def request_done(self, outcome: str, seconds: float, size_in: int, size_out: int) -> None:
         self.requests.labels(outcome).inc()
@@ -112,3 +129,21 @@ class Metrics:
         self.bytes_in.inc(size_in)
         if outcome == "ok":
             self.bytes_out.inc(size_out)
+
+
+def health_app(health: Health, metrics_app: Callable) -> Callable:
+    """``GET /healthz``: 200 while a worker is ready, else 503, with the counts as one line of
+    JSON; every other path goes to ``metrics_app``."""
+    def app(environ: dict, start_response: Callable) -> list[bytes]:
+        if environ.get("PATH_INFO") != "/healthz":
+            return metrics_app(environ, start_response)
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD")])
+            return [b""]
+        healthy, counts = health()
+        body = (json.dumps(counts, separators=(",", ":")) + "\n").encode()
+        start_response("200 OK" if healthy else "503 Service Unavailable",
+                       [("Content-Type", "application/json"),
+                        ("Content-Length", str(len(body))), ("Cache-Control", "no-store")])
+        return [body]
+    return app

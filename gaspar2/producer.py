@@ -13,14 +13,15 @@ import logging
 import os
 import shutil
 import signal
+import time
 from typing import Any
 
 import gevent
 import gevent.event
 
-from . import forkserver, observe, settings
+from . import forkserver, logs, observe, settings
 from .consumer import Consumer, as_consumer, describe, split_spec
-from .observe import Observer
+from .exposure import Exposure
 from .pipeline import Pipeline
 from .procutil import make_ipc_dir, raise_open_file_limit, set_title
 from .progress import ProgressTable
@@ -31,6 +32,14 @@ from .worker import LocalWorkers
 log = logging.getLogger("gaspar2")
 
 SWEEP_INTERVAL = 0.1           # how often timeouts are checked
+# A stop signal repeated within this long after the first was logged is the same delivery,
+# counted once: timeout(1) and some supervisors signal the child and then its whole process
+# group, microseconds apart. (Deliveries before the first is handled merge in the event loop.)
+REPEAT_WINDOW = 0.2
+
+
+class WorkerBootError(RuntimeError):
+    """A worker could not start while the producer was starting (its setup() raised)."""
 
 
 class StoppedWhileStarting(Exception):
@@ -61,7 +70,7 @@ class Producer:
             self.spec, self.consumer = None, as_consumer(consumer)
         self.name = self.settings.name or self.spec or describe(self.consumer)
         self.state = State.STARTING
-        self._address: tuple[str, int] | None = None
+        self._stop_signal = ("", 0.0)   # the first stop signal, and when it was logged
         self.running = gevent.event.Event()
         self.stopped = gevent.event.Event()
         self._startup = gevent.event.AsyncResult()
@@ -71,6 +80,8 @@ class Producer:
         self.pipeline = Pipeline(self, self.settings, self.loop, self.progress)
         self.frontend = self.pipeline.frontend
         self.supervisor = self.pipeline.supervisor
+        self.exposure = Exposure(self.settings, self.loop, self.pipeline, self.name)
+        self.notifier = self.exposure.notifier
         self.ipc_dir: str | None = None
         self.fork: forkserver.ForkServerClient | None = None
         self.transport: Transport | None = None
@@ -78,10 +89,17 @@ class Producer:
 
     @property
     def address(self) -> tuple[str, int]:
-        """The bound (host, port), once serving (port 0 picks a free one)."""
-        if self._address is None:
+        """The bound (host, port) of the first TCP listener, once serving (port 0 picks a
+        free one); ``addresses`` names every listener."""
+        if self.exposure.address is None:
+            if self.addresses:
+                raise RuntimeError("no TCP listener: see addresses %s" % self.addresses)
             raise RuntimeError("the producer is not serving yet: call start() first")
-        return self._address
+        return self.exposure.address
+
+    @property
+    def addresses(self) -> list[str]:
+        return self.exposure.addresses
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -121,22 +139,20 @@ class Producer:
             self.pipeline.remote = RemoteMembers(self.pipeline, self.transport.ctx, remote_sink,
                                                  s.heartbeat)
             log.info("remote workers may join at %s", remote_sink.endpoint)
+        self.exposure.observe(self.health)     # metrics and /healthz answer while workers start
+        self.notifier.status("starting %d workers" % s.workers)
         self.supervisor.start()
         self._startup.get()
-        self._address = self.frontend.listen(s.host, s.port, s.backlog)
-        if s.metrics or s.access_log:
-            gauges = observe.gauges(self.frontend, self.pipeline.dispatcher,
-                                    self.pipeline.ready_count)
-            self.pipeline.observer = Observer(gauges, s.metrics, s.access_log)
+        self.exposure.listen()
         self._startup.get()         # again: a stop signal may have come meanwhile
         self.frontend.start()
         self.sweeper = self.loop.timer(SWEEP_INTERVAL, SWEEP_INTERVAL)
         self.sweeper.start(self.pipeline.sweep)
         self.state = State.SERVING
         self.running.set()
-        set_title("gaspar2 producer %s %s:%d" % ((self.name,) + tuple(self.address)))
-        log.info("gaspar2 serving %s on %s:%d with %d workers",
-                 self.name, self.address[0], self.address[1], self.supervisor.size)
+        set_title("gaspar2 producer %s %s" % (self.name, self.exposure.label))
+        log.info("gaspar2 %s", self.exposure.serving_line())
+        self.notifier.ready(self.exposure.serving_line())
 
     def _make_consumer(self) -> Consumer:
         return as_consumer(self.spec) if self.spec else self.consumer
@@ -149,6 +165,7 @@ class Producer:
             return
         self.state = State.DRAINING
         self.pipeline.closing = True
+        self.notifier.stopping("stopping: finishing %d requests" % len(self.frontend.conns))
         self.frontend.stop_accepting()
         if self.frontend.conns:
             timeout = self.settings.graceful_timeout if timeout is None else timeout
@@ -169,6 +186,7 @@ class Producer:
             self.fork.close()
         if self.sweeper is not None:
             self.sweeper.stop()
+        self.exposure.reload_watch.stop()
         if self.pipeline.observer is not None:
             self.pipeline.observer.close()
         if self.transport is not None:
@@ -183,7 +201,7 @@ class Producer:
     # -- signals ---------------------------------------------------------------------------
 
     def _install_signal_handlers(self) -> None:
-        for name in ("TERM", "INT", "QUIT", "HUP", "TTIN", "TTOU", "USR1"):
+        for name in ("TERM", "INT", "QUIT", "HUP", "TTIN", "TTOU", "USR1", "USR2"):
             gevent.signal_handler(getattr(signal, "SIG" + name),
                                   getattr(self, "handle_" + name.lower()))
 
@@ -194,13 +212,20 @@ class Producer:
         self._graceful_stop("SIGINT")
 
     def _graceful_stop(self, name: str) -> None:
+        """The first TERM or INT drains; a second delivery stops at once (see REPEAT_WINDOW)."""
         if self.state is State.STARTING:
             self._stop_starting(name)
         elif self.state is State.DRAINING:
+            first, at = self._stop_signal
+            if name == first and time.monotonic() - at < REPEAT_WINDOW:
+                log.info("%s again within %d ms: the same delivery, counted once", name,
+                         REPEAT_WINDOW * 1000)
+                return
             log.info("%s again: stopping now", name)
             self._drained.set()
         elif self.state is State.SERVING:
             log.info("%s: stopping gracefully", name)
+            self._stop_signal = (name, time.monotonic())
             gevent.spawn(self.stop)
 
     def _stop_starting(self, name: str) -> None:
@@ -222,7 +247,9 @@ class Producer:
             log.info("SIGHUP while starting: ignored, the workers starting are fresh already")
         elif self.state is State.SERVING:
             log.info("SIGHUP: replacing every worker with a fresh one")
+            self.notifier.reloading()
             self.supervisor.reload()
+            self.exposure.reload_watch.start()
 
     def handle_ttin(self) -> None:
         if self.state in (State.STARTING, State.SERVING):
@@ -233,14 +260,20 @@ class Producer:
             self.supervisor.resize(-1)
 
     def handle_usr1(self) -> None:
+        log.info("SIGUSR1: reopened %d log files", logs.reopen())
+
+    def handle_usr2(self) -> None:
         self.log_status()
 
     def status(self) -> dict[str, int]:
-        """Counts for operators (SIGUSR1 logs them) and for the tests' leak checks."""
+        """Counts for operators (SIGUSR2 and /healthz show them) and for leak checks."""
         return observe.status(self.frontend, self.pipeline.dispatcher, self.pipeline.ready_count())
 
     def log_status(self) -> None:
         log.info("status: %s", " ".join("%s=%s" % item for item in self.status().items()))
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return observe.health(self.state.value, self.status())
 
     # -- the pipeline's events ---------------------------------------------------------------
 
@@ -250,7 +283,8 @@ class Producer:
 
     def worker_gone(self, description: str) -> None:
         if self.state is State.STARTING and not self._startup.ready():
-            self._startup.set_exception(RuntimeError("%s while starting" % description))
+            self._startup.set_exception(WorkerBootError("%s while starting" % description))
+            self.pipeline.closing = True        # the other workers' exits are expected now
 
     def forkserver_gone(self) -> None:
         if self.state in (State.STARTING, State.SERVING):

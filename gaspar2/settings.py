@@ -38,13 +38,44 @@ def flag(text: str | bool) -> bool:
     return value in ("1", "true", "yes", "on")
 
 
+def choice(*names: str) -> Callable[[Any], str]:
+    def convert(text: Any) -> str:
+        if str(text).lower() not in names:
+            raise ValueError("expected one of %s, got %r" % (", ".join(names), text))
+        return str(text).lower()
+    convert.__name__ = "one of " + ", ".join(names)
+    return convert
+
+
 LEVELS = ("debug", "info", "warning", "error", "critical")
+level = choice(*LEVELS)
+log_format = choice("text", "json")
 
 
-def level(text: str) -> str:
-    if str(text).lower() not in LEVELS:
-        raise ValueError("expected one of %s, got %r" % (", ".join(LEVELS), text))
-    return str(text).lower()
+def mode(text: str | int) -> int:
+    """File permission bits, from ``660``, ``0660``, ``0o660`` or an int."""
+    if isinstance(text, int):
+        return text
+    value = str(text).strip().lower().removeprefix("0o")
+    if not re.fullmatch(r"[0-7]{1,4}", value):
+        raise ValueError("expected an octal mode such as 660, got %r" % (text,))
+    return int(value, 8)
+
+
+def addresses(value: str | list | tuple) -> list[str]:
+    """One address or several (a config file may give a list)."""
+    items = [value] if isinstance(value, str) else list(value)
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise ValueError("expected an address such as 127.0.0.1:10123, got %r" % (item,))
+    return [item.strip() for item in items]
+
+
+def seconds(text: str | float) -> float:
+    value = float(text)
+    if value < 0:
+        raise ValueError("expected seconds >= 0, got %r" % (text,))
+    return value
 
 
 @dataclass(frozen=True)
@@ -56,26 +87,36 @@ class Setting:
     flags: tuple[str, ...] = ()     # none: a Producer keyword argument only
     metavar: str | None = None
     producer: bool = True           # False: for the command line's own process only
+    in_file: bool = True            # False: the command line only, never a config file
 
 
 S = Setting
 SETTINGS: tuple[Setting, ...] = (
-    S("host", "127.0.0.1", str, "the address to listen on", ("--host",), "HOST"),
-    S("port", 10123, int, "the port to listen on; 0 picks a free one", ("--port",), "PORT"),
-    S("workers", None, int, "worker processes (default: one per CPU)", ("--workers",), "N"),
+    S("bind", None, addresses,
+      "listen on ADDRESS: HOST:PORT, [V6]:PORT, unix:PATH or fd://N; repeat it to listen on "
+      "several (default 127.0.0.1:10123)", ("-b", "--bind"), "ADDRESS"),
+    S("host", "127.0.0.1", str, "the same as --bind HOST:PORT, together with --port",
+      ("--host",), "HOST"),
+    S("port", 10123, int, "the same as --bind HOST:PORT, together with --host; 0 picks a free "
+      "port", ("--port",), "PORT"),
+    S("unix_socket_mode", 0o660, mode, "the permissions of a unix:PATH socket file (octal)",
+      ("--unix-socket-mode",), "MODE"),
+    S("workers", None, int, "worker processes (default: one per CPU)", ("-w", "--workers"), "N"),
     S("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, size,
       "a request whose length prefix says more is refused (reset) unread",
       ("--max-message-size",), "BYTES"),
-    S("timeout", None, float,
-      "fail (reset) a request not answered within S seconds; the worker is not stopped "
-      "(see --worker-timeout)", ("--timeout",), "S"),
-    S("worker_timeout", None, float,
-      "kill and replace a worker busy on one request for S seconds; that request fails",
+    S("timeout", None, seconds,
+      "the CLIENT's deadline: a request not answered S seconds after it was read fails "
+      "(reset). A worker that has run one request for S seconds is replaced too, unless "
+      "--worker-timeout says otherwise", ("--timeout",), "S"),
+    S("worker_timeout", None, seconds,
+      "the HANDLER's deadline: kill and replace a worker that has run one request for S "
+      "seconds; that request fails (default: --timeout, else never)",
       ("--worker-timeout",), "S"),
-    S("read_timeout", 10.0, float,
+    S("read_timeout", 10.0, seconds,
       "drop a client that has not sent its whole frame within S seconds",
       ("--read-timeout",), "S"),
-    S("graceful_timeout", 30.0, float,
+    S("graceful_timeout", 30.0, seconds,
       "on stop, how long to finish the requests already received", ("--graceful-timeout",), "S"),
     S("max_connections", 10000, int,
       "past N open connections, leave the rest in the kernel's listen queue",
@@ -86,10 +127,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("max_requests_jitter", 0, int,
       "add 0..N to each worker's max-requests, so they do not all restart at once",
       ("--max-requests-jitter",), "N"),
-    S("metrics", None, str, "serve Prometheus metrics there (needs the 'metrics' extra)",
-      ("--metrics",), "HOST:PORT"),
-    S("access_log", False, flag,
-      "log one line per request (client, outcome, sizes, time, worker)", ("--access-log",)),
+    S("metrics", None, str, "serve Prometheus metrics at /metrics and health at /healthz "
+      "there (needs the 'metrics' extra)", ("--metrics",), "HOST:PORT"),
+    S("access_log", False, flag, "the same as --access-logfile -", ("--access-log",)),
     S("remote_workers", None, str, "let workers on other machines join at this endpoint",
       ("--remote-workers",), "tcp://HOST:PORT"),
     S("curve_secret_key", None, str, "this producer's .key_secret (from 'gaspar2 keys')",
@@ -108,6 +148,17 @@ SETTINGS: tuple[Setting, ...] = (
     S("name", None, str, "the name in process titles and logs (default: the handler's)"),
     S("log_level", "info", level, "the lowest level logged", ("--log-level",), "LEVEL",
       producer=False),
+    S("log_format", "text", log_format,
+      "text, or json: one JSON object per line (a traceback is one field)",
+      ("--log-format",), "FORMAT", producer=False),
+    S("error_logfile", None, str, "write the log there ('-', the default: standard error); "
+      "SIGUSR1 reopens it", ("--error-logfile",), "PATH", producer=False),
+    S("access_logfile", None, str, "log one line per request there ('-': standard output); "
+      "SIGUSR1 reopens it", ("--access-logfile",), "PATH", producer=False),
+    S("config", None, str, "read settings from this Python file (default: ./gaspar2.conf.py "
+      "when present)", ("-c", "--config"), "FILE", producer=False, in_file=False),
+    S("print_config", False, flag, "print the resolved settings, as a config file, and exit",
+      ("--print-config",), producer=False, in_file=False),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 DEFAULTS = {s.name: s.default for s in SETTINGS}
@@ -119,7 +170,13 @@ class Settings(types.SimpleNamespace):
 
 def resolve(given: dict[str, Any]) -> Settings:
     """The defaults overlaid with ``given`` (None keeps a default); unknown names raise
-    TypeError, as an unknown keyword argument does."""
+    TypeError, as an unknown keyword argument does.
+
+    ``bind`` comes out as the final list of addresses: the ones given, plus HOST:PORT when
+    ``host`` or ``port`` was given or no address was. ``worker_timeout`` defaults to
+    ``timeout``: a worker that has run one request longer than that can no longer answer
+    anyone, since its request has timed out.
+    """
     unknown = sorted(set(given) - set(BY_NAME))
     if unknown:
         raise TypeError("unknown option%s: %s" % ("s" * (len(unknown) > 1), ", ".join(unknown)))
@@ -127,7 +184,24 @@ def resolve(given: dict[str, Any]) -> Settings:
     for name, value in given.items():
         if value is not None:
             values[name] = BY_NAME[name].convert(value)
+    binds = list(values["bind"] or [])
+    if given.get("host") is not None or given.get("port") is not None or not binds:
+        binds.append(host_port(values["host"], values["port"]))
+    values["bind"] = binds
+    if values["worker_timeout"] is None:
+        values["worker_timeout"] = values["timeout"]
     return Settings(**values)
+
+
+def host_port(host: str, port: int) -> str:
+    return ("[%s]:%d" if ":" in host else "%s:%d") % (host, port)
+
+
+def show(setting: Setting, value: Any) -> str:
+    """A value as Python source, for help texts and --print-config."""
+    if setting.convert is mode and isinstance(value, int):
+        return "0o%o" % value
+    return repr(value)
 
 
 def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
@@ -137,10 +211,15 @@ def add_arguments(parser: argparse.ArgumentParser, names: tuple[str, ...] | None
         if not setting.flags or (names is not None and setting.name not in names):
             continue
         default = setting.default
-        text = setting.help + ("" if default in (None, False) else " (default %s)" % default)
+        text = setting.help
+        if default not in (None, False):
+            text += " (default %s)" % show(setting, default).strip("'")
         if setting.convert is flag:
             parser.add_argument(*setting.flags, dest=setting.name, action="store_true",
                                 default=argparse.SUPPRESS, help=text)
+        elif setting.convert is addresses:
+            parser.add_argument(*setting.flags, dest=setting.name, action="append",
+                                metavar=setting.metavar, default=argparse.SUPPRESS, help=text)
         else:
             parser.add_argument(*setting.flags, dest=setting.name, type=setting.convert,
                                 metavar=setting.metavar, default=argparse.SUPPRESS, help=text)

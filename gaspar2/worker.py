@@ -25,6 +25,7 @@ import zmq
 
 from . import wire
 from .consumer import Consumer, reply_bytes
+from .loading import report_setup_failure, setup_succeeded
 from .procutil import original, set_title
 from .progress import ProgressTable
 from .supervisor import EXIT_SETUP_FAILED
@@ -59,6 +60,7 @@ class LocalWorkers:
         worker = Worker(self.make_consumer, worker_id, worker_endpoint(self.ipc_dir, worker_id),
                         sink_endpoint(self.ipc_dir), parent, self.slow_min,
                         self.progress, slot)
+        worker.report_dir = self.ipc_dir
         return worker.run()
 
 
@@ -80,6 +82,7 @@ class Worker:
         self.serving = False            # set up and connected
         self.stopping = False
         self.contact = 0.0              # when the producer was last heard from
+        self.report_dir: str | None = None  # where workers agree to log a traceback once
 
     def run(self) -> int:
         """Serve until told to stop or orphaned; returns the exit status."""
@@ -88,8 +91,9 @@ class Worker:
             self.consumer = self.make_consumer()
             self.consumer.setup()
         except BaseException:
-            log.error("worker %d: setup() failed, exiting\n%s", self.id, traceback.format_exc())
+            report_setup_failure(self.id, self.report_dir)
             return EXIT_SETUP_FAILED
+        setup_succeeded(self.report_dir)
         ctx = zmq.Context()
         try:
             self._connect(ctx)

@@ -85,13 +85,18 @@ def alive(pid):
 class Server:
     """A ``python -m gaspar2 serve`` subprocess, its log, and its process tree."""
 
-    def __init__(self, target, args, log_path, env=None, cwd=ROOT, cmd=None):
+    def __init__(self, target, args, log_path, env=None, cwd=ROOT, cmd=None, port="0",
+                 prefix=(), **popen):
+        """``cmd`` replaces the whole command; else ``port=None`` leaves the addresses to
+        ``args``, and ``prefix`` runs the server under another command (which must exec it
+        or keep its pid). ``popen`` goes to Popen."""
         self.log_path = log_path
         self.log_file = open(log_path, "wb")
         if cmd is None:
-            cmd = [sys.executable, "-m", "gaspar2", "serve", target, "--port", "0"] + list(args)
+            cmd = list(prefix) + [sys.executable, "-m", "gaspar2", "serve", target] + list(args)
+            cmd += ["--port", port] if port is not None else []
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     cwd=cwd, env=env)
+                                     cwd=cwd, env=env, **popen)
         self.pid = self.proc.pid
 
     def wait_serving(self, timeout=60):
@@ -140,9 +145,9 @@ class Server:
         os.kill(self.pid, sig)
 
     def status(self):
-        """Ask the producer for its counters (SIGUSR1) and parse the line it logs."""
+        """Ask the producer for its counters (SIGUSR2) and parse the line it logs."""
         before = self.log().count("status:")
-        self.signal(signal.SIGUSR1)
+        self.signal(signal.SIGUSR2)
         wait_for(lambda: self.log().count("status:") > before, message="a status line")
         line = self.log().split("status:")[-1].splitlines()[0]
         return {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", line)}
@@ -180,8 +185,9 @@ def serve(tmp_path):
     """Factory: ``serve("module:attr", "--workers", "2")`` -> a serving Server."""
     servers = []
 
-    def start(target, *args, wait=True, env=None):
-        server = Server(target, args, tmp_path / ("server%d.log" % len(servers)), env=env)
+    def start(target, *args, wait=True, env=None, **kwargs):
+        server = Server(target, args, tmp_path / ("server%d.log" % len(servers)), env=env,
+                        **kwargs)
         servers.append(server)
         return server.wait_serving() if wait else server
 
@@ -252,3 +258,29 @@ class Load:
             thread.join(90)
             assert not thread.is_alive(), "a request hung"
         return self.outcomes
+
+
+def environment(**extra):
+    """This process's environment for a server, without GASPAR2_CMD_ARGS, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k != "GASPAR2_CMD_ARGS"}
+    env["PYTHONPATH"] = ROOT
+    env.update(extra)
+    return env
+
+
+# Moves fd argv[1] to argv[2], sets LISTEN_PID to its own pid when argv[3] says "self",
+# and execs the rest: systemd's part in socket activation.
+ACTIVATE = """import os, sys
+source, target, pid = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+os.dup2(source, target)
+os.environ["LISTEN_PID"] = str(os.getpid()) if pid == "self" else pid
+os.execv(sys.argv[4], sys.argv[4:])
+"""
+
+
+def start_activated(tmp_path, sock, target_fd, listen_pid, target, args, env, cwd=ROOT):
+    """A server started as systemd starts one: ``sock`` as fd ``target_fd``, LISTEN_PID
+    ``"self"`` (its own pid) or another; LISTEN_FDS comes with ``env``."""
+    prefix = [sys.executable, "-c", ACTIVATE, str(sock.fileno()), str(target_fd), listen_pid]
+    return Server(target, args, tmp_path / "log", env=env, prefix=prefix, port=None, cwd=cwd,
+                  pass_fds=[sock.fileno()])

@@ -21,9 +21,12 @@ def work(message):
     ``pid`` / ``pid:SECONDS``: sleep, then reply with this worker's pid.
     ``mark:PATH:SECONDS``: write the pid to PATH (the test sees the request running),
     sleep, reply with the pid. ``exit``: die at once. ``fail``: raise. ``bad``: return an
-    int. Anything else is echoed.
+    int. ``env:NAME``: the worker's environment variable NAME, or ``-``. Anything else is
+    echoed.
     """
     command, _, arg = message.partition(b":")
+    if command == b"env":
+        return os.environ.get(arg.decode(), "-")
     if command == b"pid":
         time.sleep(float(arg or 0))
         return str(os.getpid())
@@ -112,3 +115,22 @@ def fair(message):
         import gevent
         gevent.sleep(float(arg))
     return tag
+
+
+class GatedSetup(gaspar2.Consumer):
+    """setup() waits until the file named by $GATE exists: the test decides when workers
+    become ready."""
+
+    def setup(self):
+        while not os.path.exists(os.environ["GATE"]):
+            time.sleep(0.01)
+
+    def handle(self, message):
+        return message
+
+
+def log_line(message):
+    """Log the message from the worker, then echo it."""
+    import logging
+    logging.getLogger("tests.handler").warning("handler says %s", message.decode())
+    return message

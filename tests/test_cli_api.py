@@ -63,7 +63,7 @@ def test_setup_failure_exits_non_zero_with_the_traceback(tmp_path):
 
 def test_bad_target_is_a_clear_error(tmp_path):
     done = gaspar2_cli("serve", "no_such_module:thing", "--port", "0")
-    assert done.returncode == 2 and b"cannot load no_such_module:thing" in done.stderr
+    assert done.returncode == 4 and b"cannot load no_such_module:thing" in done.stderr
     done = gaspar2_cli("serve", "gaspar2.examples", "--port", "0")
     assert done.returncode == 2 and b"expected MODULE:ATTR" in done.stderr
 

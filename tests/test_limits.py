@@ -16,7 +16,9 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def test_request_timeout_resets_and_drops_the_late_answer(serve):
-    server = serve("tests.handlers:work", "--workers", "1", "--timeout", "0.5")
+    # A worker_timeout past the handler's time lets the late answer come back.
+    server = serve("tests.handlers:work", "--workers", "1", "--timeout", "0.5",
+                   "--worker-timeout", "30")
     began = time.monotonic()
     with pytest.raises(client.RequestFailed, match="reset"):
         client.request(server.url, b"pid:1.5", timeout=30)
@@ -39,6 +41,16 @@ def test_worker_timeout_kills_a_runaway_handler(serve, tmp_path):
     server.wait_log(r"worker_timeout 1.0 s\): killing it")
     after = server.wait_workers(2, exclude=set(before) - set(server.worker_pids()) or [0])
     assert len(set(after) - set(before)) == 1
+
+
+def test_request_timeout_alone_replaces_the_worker_stuck_on_it(serve):
+    server = serve("tests.handlers:work", "--workers", "1", "--timeout", "0.5")
+    (stuck,) = server.worker_pids()
+    with pytest.raises(client.RequestFailed, match="reset"):
+        client.request(server.url, b"pid:3600", timeout=30)
+    server.wait_log(r"worker_timeout 0.5 s\): killing it")
+    (fresh,) = server.wait_workers(1, exclude=[stuck])
+    assert client.request(server.url, b"pid", timeout=30) == str(fresh).encode()
 
 
 def test_slow_loris_is_dropped_after_read_timeout(serve):

@@ -56,9 +56,9 @@ def test_sdist_holds_the_whole_project(dist):
                      "gaspar2/py.typed", "gaspar2/client.py", "tests/conftest.py",
                      "tests/handlers.py", "tests/test_clients.py", "client/README.rst",
                      "client/c/Makefile", "client/node/package.json", "client/perl/Makefile.PL",
-                     "client/java/Makefile", "benchmarks/run.py"]:
+                     "client/java/Makefile", "benchmarks/run.py", "docs/gaspar2.service"]:
         assert required in names, required
-    tracked = project_files("gaspar2", "tests", "client", "benchmarks")
+    tracked = project_files("gaspar2", "tests", "client", "benchmarks", "docs")
     if tracked is not None:
         assert tracked <= names, sorted(tracked - names)
     built = [n for n in names if "/build/" in n or "__pycache__" in n or n.endswith((".pyc", ".o"))]

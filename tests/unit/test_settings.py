@@ -5,7 +5,7 @@ import argparse
 import pytest
 from hypothesis import given, strategies as st
 
-from gaspar2 import cli, settings
+from gaspar2 import cli, config, settings
 
 
 def test_every_serve_flag_comes_from_the_table():
@@ -16,12 +16,14 @@ def test_every_serve_flag_comes_from_the_table():
 
 
 def test_flags_not_given_keep_the_defaults_and_given_ones_win():
-    args = cli.build_parser().parse_args(["serve", "m:f", "--workers", "3", "--max-message-size", "2MiB",
+    args = cli.build_parser().parse_args(["serve", "m:f", "-w", "3", "--max-message-size", "2MiB",
                                           "--access-log"])
-    values = cli.resolved(args)
-    assert values["workers"] == 3 and values["max_message_size"] == 2 * 2**20
-    assert values["access_log"] is True and values["read_timeout"] == settings.DEFAULTS["read_timeout"]
-    options = settings.producer_options(values)
+    given = {k: v for k, v in vars(args).items() if k in settings.BY_NAME}
+    values = settings.resolve(config.merge([given]))
+    assert values.workers == 3 and values.max_message_size == 2 * 2**20
+    assert values.access_log is True and values.read_timeout == settings.DEFAULTS["read_timeout"]
+    assert values.bind == ["127.0.0.1:10123"]
+    options = settings.producer_options(given)
     assert "log_level" not in options and options["workers"] == 3
 
 
