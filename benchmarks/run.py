@@ -71,6 +71,7 @@ def make_workloads(files):
     points.append(Workload("echo-100B-c32-j%d" % threads, ECHO, 32, ("c-echo",),
                            ["-s", "100", "-j", str(threads)]))
     points.append(Workload("echo-1MiB-c4", ECHO, 4, echo_servers, ["-s", str(1 << 20)]))
+    points.append(Workload("echo-8MiB-c2", ECHO, 2, echo_servers, ["-s", str(8 << 20)]))
     calibration = {}
     chain = load_handler(SHA)
     for ms in (1, 10):
