@@ -16,16 +16,30 @@ from gevent.server import StreamServer
 from common import announce, load_handler, server_args
 
 
+# From this size on, a payload is read through a buffered file (see read_exactly).
+LARGE = 1 << 16
+
+
 def read_exactly(sock, n):
-    """n bytes from sock, or None at EOF first."""
-    data = bytearray(n)
-    view, got = memoryview(data), 0
-    while got < n:
-        k = sock.recv_into(view[got:])
-        if not k:
+    """n bytes from sock as bytes, or None at EOF first.
+
+    A small payload nearly always comes whole in one recv. A large one is read through a
+    buffered file, which reads straight into the bytes object it returns: reading into a
+    bytearray and copying that to bytes holds two payload-sized buffers per request, and
+    glibc hands such a pair back to the kernel when it is freed, so every request faults
+    its memory in again (benchmarks/README.rst, "The baselines").
+    """
+    if n >= LARGE:
+        with sock.makefile("rb") as rfile:
+            data = rfile.read(n)
+        return data if len(data) == n else None
+    data = b""
+    while len(data) < n:
+        more = sock.recv(n - len(data))
+        if not more:
             return None
-        got += k
-    return bytes(data)
+        data += more
+    return data
 
 
 def reset(sock):
