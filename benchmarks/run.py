@@ -14,6 +14,7 @@ servers' logs in OUT/logs/.
 import argparse
 import fnmatch
 import json
+import math
 import os
 import platform
 import statistics
@@ -26,6 +27,7 @@ from report import format_report, target_ratios
 
 SERVERS = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card", "gaspar2")
 ECHO, SHA, SLEEP = "gaspar2.examples:echo", "gaspar2.examples:sha256_chain", "gaspar2.examples:sleep"
+BACKTRACK = "gaspar2.examples:backtrack"
 NET = ("gevent-inline", "asyncio-ppe", "design-card", "gaspar2")
 KERNEL_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPTimeouts", "RetransSegs")
 
@@ -54,6 +56,15 @@ def calibrate(seconds):
         rounds *= 2
     per_round = statistics.median(timed(rounds) for _ in range(5)) / rounds
     return max(1, round(seconds / per_round))
+
+
+def backtrack_letters(seconds):
+    """Letters for ``backtrack`` to hold the GIL about ``seconds``: each one doubles the time."""
+    handler = load_handler(BACKTRACK)
+    began = time.perf_counter()
+    handler(b"18")
+    per_18 = time.perf_counter() - began
+    return 18 + max(0, round(math.log2(seconds / per_18)))
 
 
 def make_workloads(files):
@@ -85,6 +96,12 @@ def make_workloads(files):
     quick, slow = write("quick.in", b"0"), write("slow.in", b"0.2")
     points.append(Workload("quick-c32", SLEEP, 32, NET, ["-f", quick]))
     points.append(Workload("mixed-c32", SLEEP, 32, NET, ["-f", quick, "-S", slow, "-k", "100"]))
+    # The same mix, the slow job one C call that holds the GIL for about 200 ms.
+    letters = backtrack_letters(0.2)
+    calibration["gil-mixed-c32"] = letters
+    gil = write("gil.in", b"%d" % letters)
+    points.append(Workload("gil-mixed-c32", BACKTRACK, 32, NET, ["-f", quick, "-S", gil, "-k", "100"],
+                           message=str(letters)))
     return points, calibration
 
 

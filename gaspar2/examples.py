@@ -1,6 +1,7 @@
 """Example handlers, so that ``gaspar2 serve gaspar2.examples:echo`` works out of the box."""
 
 import hashlib
+import re
 import time
 
 
@@ -26,4 +27,15 @@ def sleep(message: bytes) -> bytes:
     seconds = float(message or 0)
     if seconds > 0:
         time.sleep(seconds)
+    return message
+
+
+def backtrack(message: bytes) -> bytes:
+    """Hold the GIL in one C call for a while, then echo: ``(a+)+$`` against
+    ``int(message)`` letters ``a`` and a ``b`` backtracks through every split of the letters
+    inside the regular expression engine, which never lets go of the GIL. Each letter
+    doubles the time; ``b"0"`` returns at once."""
+    letters = int(message or 0)
+    if letters:
+        re.match(rb"(a+)+$", b"a" * letters + b"b")
     return message
