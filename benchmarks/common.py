@@ -57,11 +57,11 @@ class Server:
     Ready means its log shows the "serving ... on HOST:PORT" line; the port comes from there.
     """
 
-    def __init__(self, cmd, log_path, ready_timeout=60.0):
+    def __init__(self, cmd, log_path, ready_timeout=60.0, cwd=ROOT):
         self.cmd, self.log_path = cmd, log_path
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
         with open(log_path, "wb") as log:
-            self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.port = self._wait_ready(ready_timeout)
 

@@ -40,6 +40,29 @@ RATIOS = [
 HEADROOM_GOAL = 1.2        # the load generator must not be what limits gaspar2
 
 
+def server_rank(server):
+    """Where a server's rows go: the known ones in order, gaspar2@REV right after gaspar2."""
+    if server in SERVER_ORDER:
+        return (SERVER_ORDER.index(server), "")
+    return (len(SERVER_ORDER), server)
+
+
+def revision_lines(points):
+    """gaspar2 against each gaspar2@REV, workload by workload: req/s, and p99 where it
+    measures latency."""
+    rows = {(p["workload"], p["server"]): p for p in points if "error" not in p}
+    lines = []
+    for (workload, server), at in rows.items():
+        now = rows.get((workload, "gaspar2"))
+        if "@" not in server or now is None:
+            continue
+        text = "%-16s gaspar2 / %s: req/s %.3f" % (workload, server, now["rps"] / at["rps"])
+        if at.get("p99_ms"):
+            text += ", p50 %.3f, p99 %.3f" % (now["p50_ms"] / at["p50_ms"], now["p99_ms"] / at["p99_ms"])
+        lines.append(text)
+    return lines
+
+
 def get(table, workload, server, key):
     row = table.get((workload, server))
     if not row or "error" in row:
@@ -110,13 +133,17 @@ def format_report(results):
         "workload", "server", "req/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
         "ovfl", "drops", "tmo", "rexmit", "lg cpu"))
     order = {w["name"]: i for i, w in enumerate(results["workloads"])}
-    points = sorted(results["points"], key=lambda p: (order[p["workload"]], SERVER_ORDER.index(p["server"])))
+    points = sorted(results["points"], key=lambda p: (order[p["workload"]], server_rank(p["server"])))
     lines += [point_line(p) for p in points]
     slow = [p for p in points if "slow_p99_ms" in p]
     if slow:
         lines.append("")
         lines += ["%-16s %-15s 200 ms requests: %d, p50 %.1f ms, p99 %.1f ms" % (
             p["workload"], p["server"], p["slow_count"], p["slow_p50_ms"], p["slow_p99_ms"]) for p in slow]
+    ab = revision_lines(points)
+    if ab:
+        lines += ["", "the current code over earlier revisions (req/s above 1: faster; "
+                  "latencies above 1: slower):"] + ab
     lines += ["", "calibrated (sha256_chain rounds, backtrack letters): " + ", ".join(
         "%s %d" % (name, c["rounds"]) for name, c in results["calibration"].items()), ""]
     for r in results["ratios"]:

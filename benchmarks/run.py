@@ -1,7 +1,8 @@
 """gaspar2 against its baselines, in one run on this machine.
 
     python benchmarks/run.py [--quick] [--rounds 3] [--duration 4] [--warmup 1]
-                             [--only SERVER/WORKLOAD ...] [--out benchmarks/results]
+                             [--only SERVER/WORKLOAD ...] [--also-at REV ...]
+                             [--out benchmarks/results]
 
 Builds the C load generator and echo server, then runs every (workload, server) point once
 per round. Within a round the servers run one after another, one at a time, each started
@@ -128,7 +129,34 @@ def server_command(server, handler, workers):
         "design-card": [py, os.path.join(HERE, "design_card.py"), handler, "--port", "0",
                         "--workers", str(workers)],
         "gaspar2": [py, "-m", "gaspar2", "serve", handler, "--port", "0", "--workers", str(workers)],
-    }[server]
+    }[server.split("@")[0]]
+
+
+def export_revision(rev):
+    """gaspar2's package as of git revision ``rev``, in a directory of its own; that
+    directory, where ``python -m gaspar2`` finds that package first."""
+    out = os.path.join(BUILD, "at-" + rev.replace("/", "_"))
+    if not os.path.isdir(os.path.join(out, "gaspar2")):
+        os.makedirs(out, exist_ok=True)
+        archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "gaspar2"], check=True,
+                                 capture_output=True).stdout
+        subprocess.run(["tar", "-x", "-C", out], input=archive, check=True)
+    return out
+
+
+def add_revisions(points, revisions):
+    """Servers ``gaspar2@REV`` beside gaspar2, for the workloads whose handler REV has."""
+    extra = []
+    for rev in revisions:
+        where = export_revision(rev)
+        with open(os.path.join(where, "gaspar2", "examples.py")) as f:
+            examples = f.read()
+        name = "gaspar2@" + rev
+        extra.append((name, where))
+        for w in points:
+            if "gaspar2" in w.servers and "def %s(" % w.handler.split(":")[1] in examples:
+                w.servers = w.servers + (name,)
+    return dict(extra)
 
 
 def kernel_counters():
@@ -189,7 +217,8 @@ def run_server(server, handler, points, round_no, args, raw):
         return
     log = os.path.join(args.out, "logs", "%s-%s-r%d.log" % (server, handler.split(":")[1], round_no + 1))
     try:
-        proc = Server(server_command(server, handler, args.workers), log)
+        proc = Server(server_command(server, handler, args.workers), log,
+                      cwd=args.revisions.get(server, ROOT))
     except (RuntimeError, OSError) as exc:
         for w in points:
             raw[w.name, server].append({"error": str(exc)})
@@ -222,7 +251,8 @@ def run_rounds(points, args):
     for round_no in range(args.rounds):
         for handler in handlers:
             group = [w for w in points if w.handler == handler]
-            servers = [s for s in SERVERS if any((w.name, s) in raw for w in group)]
+            servers = [s for s in SERVERS + tuple(args.revisions)
+                       if any((w.name, s) in raw for w in group)]
             shift = round_no % len(servers) if servers else 0
             for server in servers[shift:] + servers[:shift]:
                 mine = [w for w in group if (w.name, server) in raw]
@@ -280,6 +310,9 @@ def parse_args():
                         help="a smoke run: 1 round of 1 s points; its ratios are not judged")
     parser.add_argument("--only", action="append", default=[], metavar="SERVER/WORKLOAD",
                         help="glob patterns, e.g. 'gaspar2/*', '*/echo-*', 'gevent-inline' (repeatable)")
+    parser.add_argument("--also-at", action="append", default=[], metavar="REV",
+                        help="also run gaspar2 as of this git revision, as server gaspar2@REV, "
+                             "beside the current code: an A/B on the same machine (repeatable)")
     parser.add_argument("--list", action="store_true", help="list the workloads and servers, then exit")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
@@ -307,6 +340,7 @@ def main():
     build()
     os.makedirs(os.path.join(BUILD, "payloads"), exist_ok=True)
     points, calibration = make_workloads(os.path.join(BUILD, "payloads"))
+    args.revisions = add_revisions(points, args.also_at)
     if args.list:
         for w in points:
             print("%-15s %s" % (w.name, " ".join(w.servers)))
@@ -317,7 +351,8 @@ def main():
     ratios = target_ratios(table, judge=not args.quick)
     results = {
         "machine": machine(), "elapsed_s": round(time.monotonic() - began, 1),
-        "settings": {k: getattr(args, k) for k in ("quick", "rounds", "duration", "warmup", "workers", "only")},
+        "settings": {k: getattr(args, k) for k in ("quick", "rounds", "duration", "warmup", "workers",
+                                                   "only", "also_at")},
         "calibration": {name: {"rounds": r} for name, r in calibration.items()},
         "workloads": [{"name": w.name, "handler": w.handler, "concurrency": w.conc} for w in points],
         "points": [dict(workload=w, server=s, **row) for (w, s), row in table.items()],
