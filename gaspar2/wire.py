@@ -91,37 +91,71 @@ def pack(message: bytes | bytearray | memoryview | str) -> bytes:
 # Safe to share: each read is copied out before the next one.
 _SCRATCH = bytearray(64 * 1024)
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+READ_SLICE = 1 << 20            # payload bytes read per wake-up, at most, after the first read
+FIRST_CAPACITY = 4096           # a partial frame's first buffer (less if the frame is smaller)
+GROWTH_MAX = 16 << 20           # a buffer grows by at most this much at once
 
 
 class FrameReader:
-    """Reads one frame from a socket across as many wake-ups as it takes, never blocking."""
+    """Reads one frame from a socket across as many wake-ups as it takes, never blocking.
 
-    __slots__ = ("max_size", "header", "got", "payload")
+    The payload's buffer grows as its bytes arrive, never ahead of them by more than it
+    holds already (or ``FIRST_CAPACITY``): an announced length costs nothing until its bytes
+    come. ``capacity`` is what the reader holds now.
+    """
+
+    __slots__ = ("max_size", "header", "length", "got", "buffer", "payload")
 
     def __init__(self, max_size: int):
         self.max_size = max_size
         self.header = b""
+        self.length = -1            # unknown until the header is whole
         self.got = 0
+        self.buffer: bytearray | None = None
         self.payload: bytes | bytearray | None = None
 
-    def read_from(self, sock: socket.socket) -> bool:
-        """Read what is there; True once the frame is complete.
+    @property
+    def capacity(self) -> int:
+        if self.buffer is not None:
+            return len(self.buffer)
+        return len(self.payload) if self.payload is not None else len(self.header)
 
-        Reads until the socket would block, so a large frame takes few wake-ups. Raises
-        FrameError on an oversized length, bytes past the frame or an early EOF, and lets
-        BlockingIOError (nothing to read yet) and other OSErrors through.
+    def read_from(self, sock: socket.socket, allowance: int = READ_SLICE) -> bool:
+        """Read what is there, at most ``allowance`` payload bytes past the first read;
+        True once the frame is complete.
+
+        Raises FrameError on an oversized length, bytes past the frame or an early EOF, and
+        lets BlockingIOError (nothing to read yet) and other OSErrors through.
         """
-        if self.payload is None and not self._read_header(sock):
+        if self.length < 0 and not self._read_header(sock):
             return False
-        assert self.payload is not None
-        view = memoryview(self.payload)
-        size = len(self.payload)
-        while self.got < size:
-            n = sock.recv_into(view[self.got:], 0, _DONTWAIT)
+        if self.buffer is not None:
+            self._read_body(sock, allowance, self.length)
+            if self.got == self.length:
+                self.payload, self.buffer = self.buffer, None
+        return self.payload is not None
+
+    def _read_body(self, sock: socket.socket, allowance: int, target: int) -> None:
+        """Read until ``target`` payload bytes are in, or ``allowance`` more, growing the
+        buffer as the bytes come."""
+        buffer = self.buffer
+        assert buffer is not None
+        while self.got < target and allowance > 0:
+            if self.got == len(buffer):
+                self._grow()
+            end = min(len(buffer), self.got + allowance, target)
+            with memoryview(buffer) as view:
+                n = sock.recv_into(view[self.got:end], 0, _DONTWAIT)
             if not n:
-                raise FrameError(FrameError.CLOSED, self.got, size)
+                raise FrameError(FrameError.CLOSED, self.got, self.length)
             self.got += n
-        return True
+            allowance -= n
+
+    def _grow(self) -> None:
+        assert self.buffer is not None
+        size = len(self.buffer)
+        step = min(max(size, FIRST_CAPACITY), GROWTH_MAX, self.length - size)
+        self.buffer.extend(bytes(step))
 
     def _read_header(self, sock: socket.socket) -> bool:
         n = sock.recv_into(_SCRATCH, 0, _DONTWAIT)
@@ -137,12 +171,12 @@ class FrameReader:
         body = len(data) - HEADER.size
         if body > length:
             raise FrameError(FrameError.TRAILING, body - length)
+        self.length, self.got, self.header = length, body, b""
         if body == length:
             self.payload = bytes(data[HEADER.size:])
         else:
-            self.payload = bytearray(length)
-            self.payload[:body] = data[HEADER.size:]
-        self.got = body
+            self.buffer = bytearray(data[HEADER.size:])
+            self.buffer.extend(bytes(min(length, max(body, FIRST_CAPACITY)) - body))
         return True
 
 
