@@ -16,16 +16,24 @@ import logging
 import time
 from typing import Any, Callable, Protocol
 
-from . import wire
+import zmq
+
+from . import observe, wire
+from .budget import Budget, default_limit, release_memory
 from .connections import Connection, FrontEnd
 from .dispatch import Dispatcher, Seat
-from .observe import Observer
+from .fds import FdReserve, reserve_for
+from .guard import Throttled, guarded
+from .observe import METRICS_CONNECTIONS, Observer
 from .progress import ProgressTable
 from .remote import RemoteMembers
 from .supervisor import Supervisor
 from .transport import Transport, sender
 
 log = logging.getLogger("gaspar2")
+
+JOIN_RETRY = 0.1                # a worker that could not be connected for want of files
+TRIM_AFTER = 64 * 2**20         # hand freed memory back to the system past this much
 
 
 class PipelineEvents(Protocol):
@@ -52,7 +60,7 @@ class LoopClock:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
         timer = self.loop.timer(delay)
-        timer.start(callback)
+        timer.start(guarded(callback))
         return timer
 
 
@@ -61,8 +69,14 @@ class Pipeline:
         self.owner = owner
         self.settings = settings
         self.loop = loop
-        self.dispatcher = Dispatcher(self, progress, time.monotonic)
-        self.frontend = FrontEnd(loop, self, settings)
+        self.max_reply_size = settings.max_reply_size or settings.max_message_size
+        self.budget = Budget(settings.buffer_limit or default_limit())
+        self.fds = FdReserve(reserve_for(settings.workers,
+                                         (METRICS_CONNECTIONS + 1) * bool(settings.metrics)))
+        self.throttled = Throttled(log)
+        self.dispatcher = Dispatcher(self, progress, time.monotonic,
+                                     lambda: self.budget.room(self.dispatcher.at_workers()))
+        self.frontend = FrontEnd(loop, self, settings, self.budget, self.fds)
         self.supervisor = Supervisor(self, LoopClock(loop), settings.workers,
                                      settings.max_requests, settings.max_requests_jitter, progress)
         self.transport: Transport | None = None
@@ -95,6 +109,7 @@ class Pipeline:
             self.observer.request_done(conn, outcome, self.loop.now())
         if not self.frontend.conns:
             self.owner.idle()
+        self._schedule_dispatch()       # what it held may let another request go
 
     def _schedule_dispatch(self) -> None:
         """Dispatch at the end of this loop iteration, so that requests read by several
@@ -103,6 +118,7 @@ class Pipeline:
             self._dispatch_pending = True
             self.loop.run_callback(self._scheduled_dispatch)
 
+    @guarded
     def _scheduled_dispatch(self) -> None:
         self._dispatch_pending = False
         self._dispatch()
@@ -112,6 +128,7 @@ class Pipeline:
         if not self.stuck_watch.active and self.dispatcher.busy():
             self.stuck_watch.start(self._check_stuck)
 
+    @guarded
     def _check_stuck(self) -> None:
         if self.dispatcher.check():
             self._dispatch()
@@ -124,14 +141,25 @@ class Pipeline:
         if worker.id in self.dispatcher.seats:
             log.warning("%r claims the id of a worker already serving: ignored", worker)
             return
-        assert self.transport is not None
-        send = sender(worker.push) if worker.remote else self.transport.connect_local(worker.id)
+        assert worker.remote or self.transport is not None
+        try:
+            send = sender(worker.push) if worker.remote else self.transport.connect_local(worker.id)
+        except zmq.ZMQError as exc:
+            self.throttled.log(logging.ERROR, "join", "cannot connect to %r: %s; retrying in "
+                               "%.1f s", worker, exc, JOIN_RETRY)
+            self.loop.timer(JOIN_RETRY).start(self._join_again, worker)
+            return
         window = 1 if worker.remote else self.settings.window
         slot = None if worker.remote else worker.slot
         self.dispatcher.add(Seat(worker.id, send, window, worker.lifetime, slot))
         if self.supervisor.ready_count() >= self.supervisor.size:
             self.owner.workers_ready()
         self._schedule_dispatch()
+
+    @guarded
+    def _join_again(self, worker: Any) -> None:
+        if self.supervisor.workers.get(worker.id) is worker and not self.closing:
+            self.worker_ready(worker)
 
     def worker_retiring(self, worker: Any) -> None:
         self.dispatcher.retire(worker.id)
@@ -169,17 +197,8 @@ class Pipeline:
 
     def message(self, message: wire.Message, local: bool) -> None:
         kind, worker_id, field, frames = message
-        if kind == wire.REPLY:
-            conn = self.dispatcher.take(worker_id, field)
-            if conn is not None:
-                conn.served_by = worker_id
-                self.frontend.reply(conn, frames[1].buffer)
-        elif kind == wire.ERROR:
-            conn = self.dispatcher.take(worker_id, field)
-            if conn is not None:
-                conn.served_by = worker_id
-                text = frames[1].bytes.decode("utf-8", "replace")
-                self.frontend.fail(conn, "handler_error", "handler failed in %s", text)
+        if kind in (wire.REPLY, wire.ERROR):
+            self._answer(message)
         elif kind == wire.HEARTBEAT and self.remote is not None:
             self.remote.heard(worker_id, self.loop.now())
         elif kind == wire.HELLO and local:
@@ -187,9 +206,40 @@ class Pipeline:
         elif kind == wire.HELLO and self.remote is not None and len(frames) == 3:
             self.remote.hello(worker_id, field, frames[1].bytes, frames[2].bytes, self.loop.now())
 
+    def _answer(self, message: wire.Message) -> None:
+        """A REPLY or an ERROR: act on it if its sender holds the request."""
+        worker_id, request_id = message.worker_id, message.field
+        conn = self.dispatcher.take(worker_id, request_id)
+        if conn is None:
+            return
+        conn.served_by = worker_id
+        body = message.frames[1].buffer
+        if message.kind == wire.REPLY and len(body) > self.max_reply_size:
+            self.frontend.fail(conn, "handler_error", "a reply of %d bytes from worker %x, over "
+                               "max_reply_size %d", len(body), worker_id, self.max_reply_size)
+        elif message.kind == wire.REPLY:
+            self.budget.reply_seen(len(body))
+            self.frontend.reply(conn, body)
+        else:
+            text = message.frames[1].bytes.decode("utf-8", "replace")
+            self.frontend.fail(conn, "handler_error", "handler failed in %s", text)
+
+    def status(self) -> dict[str, int]:
+        return {**observe.status(self.frontend, self.dispatcher, self.ready_count()),
+                **self.counts()}
+
+    def counts(self) -> dict[str, int]:
+        """What the bounds hold now: bytes buffered."""
+        return {"buffered": self.budget.used}
+
+    @guarded
     def sweep(self) -> None:
-        """Enforce the timeouts."""
+        """Enforce the timeouts; count the open files; give freed memory back."""
+        self.fds.recount(self.loop.now())
         self.frontend.sweep(self.loop.now())
         self.supervisor.check_liveness(self.settings.worker_timeout, self.settings.heartbeat)
+        if self.budget.worth_trimming(TRIM_AFTER):
+            release_memory()
+            self.budget.trimmed()
         if self.remote is not None:
             self.remote.check(self.loop.now())
