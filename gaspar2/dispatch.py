@@ -139,6 +139,10 @@ class Dispatcher:
         if seat.lifetime is not None and seat.assigned >= seat.lifetime and not seat.retiring:
             self.events.seat_spent(seat)
 
+    def holds(self, worker_id: int, request_id: int) -> bool:
+        seat = self.seats.get(worker_id)
+        return seat is not None and request_id in seat.held
+
     def take(self, worker_id: int, request_id: int) -> Request | None:
         """The request a worker answered, off the books; None if that worker does not hold
         it, or if its client is gone."""

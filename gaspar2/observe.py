@@ -64,6 +64,11 @@ def bounds_gauges(counts: Callable[[], dict[str, int]]) -> Gauges:
     return {
         "gaspar2_buffered_bytes": ("Bytes held for requests and replies (buffer_limit)",
                                    lambda: counts()["buffered"]),
+        "gaspar2_dropped_messages": ("Worker messages dropped since start: malformed, from "
+                                     "a sender that is not who it says, or for a request "
+                                     "it does not hold", lambda: counts()["dropped"]),
+        "gaspar2_remote_connections": ("Connections open on the remote-workers endpoint",
+                                       lambda: counts()["remote_connections"]),
     }
 
 

@@ -8,11 +8,20 @@ The pipeline is the one listener of every part (``FrontEndEvents``, ``DispatchEv
 ``SupervisorEvents``, ``TransportEvents``): no part calls another. It holds no state of its
 own but for one flag; what concerns the producer's lifecycle goes up through
 ``PipelineEvents``.
+
+Only the worker that holds a request can answer it. Every worker message names its sender
+and carries that sender's token: local workers inherit one from the producer (only they can
+reach their ipc endpoints, in a directory only this user can enter); a remote worker gets
+its own in the producer's answer to its HELLO, and with CURVE must also send from the key it
+joined with (see remote.py). A message whose token is not its sender's, or that answers a
+request its sender does not hold, is dropped and counted. So request ids need not be secret:
+they are sequential, and knowing one lets no one answer it.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Any, Callable, Protocol
 
@@ -23,10 +32,10 @@ from .budget import Budget, default_limit, release_memory
 from .connections import Connection, FrontEnd
 from .dispatch import Dispatcher, Seat
 from .fds import FdReserve, reserve_for
-from .guard import Throttled, guarded
+from .guard import Drops, Throttled, guarded
 from .observe import METRICS_CONNECTIONS, Observer
 from .progress import ProgressTable
-from .remote import RemoteMembers
+from .remote import BACKLOG, REMOTE_ID_MIN, RemoteMembers
 from .supervisor import Supervisor
 from .transport import Transport, sender
 
@@ -71,8 +80,10 @@ class Pipeline:
         self.loop = loop
         self.max_reply_size = settings.max_reply_size or settings.max_message_size
         self.budget = Budget(settings.buffer_limit or default_limit())
-        self.fds = FdReserve(reserve_for(settings.workers,
-                                         (METRICS_CONNECTIONS + 1) * bool(settings.metrics)))
+        self.fds = FdReserve(reserve_for(settings.workers, (METRICS_CONNECTIONS + 1) * bool(
+            settings.metrics) + BACKLOG * bool(settings.remote_workers)))
+        self.local_token = secrets.randbits(64) | 1     # what local workers' messages carry
+        self.drops = Drops()
         self.throttled = Throttled(log)
         self.dispatcher = Dispatcher(self, progress, time.monotonic,
                                      lambda: self.budget.room(self.dispatcher.at_workers()))
@@ -195,20 +206,36 @@ class Pipeline:
     def messages_read(self) -> None:
         self._dispatch()
 
-    def message(self, message: wire.Message, local: bool) -> None:
-        kind, worker_id, field, frames = message
-        if kind in (wire.REPLY, wire.ERROR):
+    def message(self, message: wire.Message, local: bool, user_id: str | None) -> None:
+        if message.kind == wire.HELLO:
+            self._hello(message, local, user_id)
+            return
+        if local:
+            genuine = message.token == self.local_token and message.worker_id < REMOTE_ID_MIN
+        else:
+            genuine = self.remote is not None and self.remote.authentic(message, user_id,
+                                                                        self.loop.now())
+        if not genuine:
+            self.drops.count("sender", "a %r naming worker %x, with a token or key not its "
+                             "own" % (message.kind, message.worker_id))
+        elif message.kind != wire.HEARTBEAT:
             self._answer(message)
-        elif kind == wire.HEARTBEAT and self.remote is not None:
-            self.remote.heard(worker_id, self.loop.now())
-        elif kind == wire.HELLO and local:
-            self.supervisor.hello(worker_id, field)
-        elif kind == wire.HELLO and self.remote is not None and len(frames) == 3:
-            self.remote.hello(worker_id, field, frames[1].bytes, frames[2].bytes, self.loop.now())
+
+    def _hello(self, message: wire.Message, local: bool, user_id: str | None) -> None:
+        if local and message.token == self.local_token and len(message.frames) == 1:
+            self.supervisor.hello(message.worker_id, message.field)
+        elif not local and self.remote is not None:
+            self.remote.hello(message, user_id, self.loop.now())
+        else:
+            self.drops.count("sender", "a HELLO naming worker %x" % message.worker_id)
 
     def _answer(self, message: wire.Message) -> None:
-        """A REPLY or an ERROR: act on it if its sender holds the request."""
+        """A REPLY or an ERROR, from a genuine sender: act on it if that sender holds it."""
         worker_id, request_id = message.worker_id, message.field
+        if not self.dispatcher.holds(worker_id, request_id):
+            self.drops.count("not_held", "a %r from worker %x for request %d, which it does "
+                             "not hold" % (message.kind, worker_id, request_id))
+            return
         conn = self.dispatcher.take(worker_id, request_id)
         if conn is None:
             return
@@ -224,13 +251,18 @@ class Pipeline:
             text = message.frames[1].bytes.decode("utf-8", "replace")
             self.frontend.fail(conn, "handler_error", "handler failed in %s", text)
 
+    def message_dropped(self, reason: str, detail: str) -> None:
+        self.drops.count(reason, detail)
+
     def status(self) -> dict[str, int]:
         return {**observe.status(self.frontend, self.dispatcher, self.ready_count()),
                 **self.counts()}
 
     def counts(self) -> dict[str, int]:
-        """What the bounds hold now: bytes buffered."""
-        return {"buffered": self.budget.used}
+        """What the bounds hold now: bytes buffered, messages dropped, remote connections."""
+        return {"buffered": self.budget.used, "dropped": self.drops.total(),
+                "remote_connections": self.transport.remote.connections
+                if self.transport is not None and self.transport.remote is not None else 0}
 
     @guarded
     def sweep(self) -> None:

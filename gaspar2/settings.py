@@ -145,6 +145,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("insecure_remote", False, flag,
       "allow remote workers without CURVE on a non-loopback address",
       ("--insecure-remote-workers",)),
+    S("max_remote_workers", 256, int, "remote workers that may join at most",
+      ("--max-remote-workers",), "N"),
     S("heartbeat", 1.0, float,
       "remote worker heartbeat; 3 missed ones mean it is gone", ("--heartbeat",), "S"),
     S("window", 8, int, "requests a worker may hold while it runs quick ones"),

@@ -5,8 +5,8 @@ zmq.green wrapper on the hot path. ZeroMQ's FD is edge-triggered, so each wake-u
 the socket, and an error while draining is logged and followed by another look. A wake-up
 reads at most ``READS_PER_WAKEUP`` messages and leaves the rest for a callback, so a flood
 on the remote sink cannot keep the loop from its clients. Each
-message is validated (``wire.decode``) before anything acts on it, and nothing a peer sends
-stops a sink from being read.
+message is validated (``wire.decode``) before anything acts on it; a malformed one is
+reported as dropped, and nothing a peer sends stops a sink from being read.
 
 The producer binds no ipc endpoint: each local worker binds its own (requests in, answers
 out), and the producer connects to them, its sink included, from the moment the worker is
@@ -23,8 +23,9 @@ import zmq
 
 from . import wire
 from .dispatch import Full
+from .fds import FdReserve
 from .guard import errors, guarded
-from .remote import RemoteSink
+from .remote import HEADROOM, RemoteSink
 from .worker import reply_endpoint, worker_endpoint
 
 log = logging.getLogger("gaspar2")
@@ -36,30 +37,39 @@ READS_PER_WAKEUP = 256      # messages read from a sink before the loop sees to 
 
 
 class TransportEvents(Protocol):
-    def message(self, message: wire.Message, local: bool) -> None:
-        """A valid message from a worker, on the local sink or the remote one."""
+    def message(self, message: wire.Message, local: bool, user_id: str | None) -> None:
+        """A well-formed message on the local sink or the remote one; ``user_id`` is the
+        CURVE key its connection authenticated with (remote, CURVE on), else None."""
+
+    def message_dropped(self, reason: str, detail: str) -> None:
+        """A message was dropped before anything acted on it."""
 
     def messages_read(self) -> None:
         """A sink was drained: act on what it brought."""
 
 
 class Transport:
-    def __init__(self, loop: Any, events: TransportEvents, ipc_dir: str):
+    def __init__(self, loop: Any, events: TransportEvents, ipc_dir: str,
+                 max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE):
         self.loop = loop
         self.events = events
         self.ipc_dir = ipc_dir
+        self.max_message_size = max_message_size
         self.ctx = zmq.Context()
         self.watchers: list[Any] = []
         self.pushes: dict[int, zmq.Socket] = {}    # local worker id -> its PUSH socket
         self.remote: RemoteSink | None = None
         self.sink = self.ctx.socket(zmq.PULL)
         self.sink.reconnect_ivl = RECONNECT_MS
+        self.sink.maxmsgsize = max_message_size + HEADROOM
         self._watch(self.sink, self._on_sink)
 
     def open_remote(self, endpoint: str, secret_key: str | None, authorized: str | None,
-                    insecure: bool) -> RemoteSink:
-        self.remote = RemoteSink(self.ctx, endpoint, secret_key, authorized, insecure)
+                    insecure: bool, max_workers: int, fds: FdReserve) -> RemoteSink:
+        self.remote = RemoteSink(self.ctx, endpoint, secret_key, authorized, insecure,
+                                 self.max_message_size, max_workers, fds)
         self._watch(self.remote.sock, self._on_sink)
+        self._watch(self.remote.monitor, guarded(lambda sock: self.remote.read_monitor()))
         return self.remote
 
     def _watch(self, sock: zmq.Socket, callback: Callable[[zmq.Socket], None]) -> None:
@@ -115,6 +125,7 @@ class Transport:
     def _read(self, sock: zmq.Socket, most: int = -1) -> bool:
         """Read up to ``most`` messages (all, if negative); True once the sink is drained."""
         local = sock is self.sink
+        curve = not local and self.remote is not None and self.remote.curve
         while sock.getsockopt(wire.EVENTS) & wire.POLLIN:
             if most == 0:
                 return False
@@ -123,11 +134,11 @@ class Transport:
             try:
                 message = wire.decode(frames)
             except wire.BadMessage as exc:
-                log.warning("dropped a message on the %s sink: %s",
-                            "local" if local else "remote", exc)
+                self.events.message_dropped(
+                    "malformed", "%s sink: %s" % ("local" if local else "remote", exc))
                 continue
             try:
-                self.events.message(message, local)
+                self.events.message(message, local, frames[0].get("User-Id") if curve else None)
             except Exception:
                 errors.log(logging.ERROR, "message", "error acting on a %r message, going on",
                            message.kind, exc_info=True)

@@ -8,10 +8,13 @@ Client frame: a 4-byte unsigned length in network byte order, then that many pay
 
 Producer -> worker, one ZeroMQ multipart message per batch: ``[head, payload, payload, ...]``
 where ``head`` packs the epoch and the first sequence number the batch is sent with (see
-progress.py), then one unsigned 64-bit request id per payload.
+progress.py), then one unsigned 64-bit request id per payload. A control message has a
+one-byte first frame instead (a batch head is 16 + 8n bytes): ``WELCOME`` answers a remote
+worker's HELLO.
 
-Worker -> producer, on a sink: ``[head, body...]``; the head starts with the kind (one byte)
-and the sending worker's id, then the kind's own fields (see ``HEADS``).
+Worker -> producer, on a sink: ``[head, body...]``; the head starts with the kind (one byte),
+the sending worker's id and its token (what proves it is that worker, see pipeline.py),
+then the kind's own fields (see ``HEADS``).
 """
 
 from __future__ import annotations
@@ -26,20 +29,27 @@ HEADER = struct.Struct("!I")
 MAX_LENGTH = 2**32 - 1
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 2**20
 
-# Worker -> producer message kinds (the first byte of the head).
-HELLO = b"H"      # fields: worker id, pid. The worker is connected both ways and ready.
-                  # A remote worker adds two frames: the endpoint it listens on, its key.
-HEARTBEAT = b"P"  # fields: worker id. A remote worker is alive.
-REPLY = b"R"      # fields: worker id, request id; frame 2 is the reply body.
-ERROR = b"E"      # fields: worker id, request id; frame 2 is the handler's traceback, UTF-8.
+# Worker -> producer message kinds (the first byte of the head). Every head names the
+# sending worker and carries its token: (kind, worker id, token, fields...).
+HELLO = b"H"      # fields: pid. The worker is connected both ways and ready. A remote worker
+                  # adds two frames: the endpoint it listens on, its public key (or empty).
+HEARTBEAT = b"P"  # no fields. A remote worker is alive.
+REPLY = b"R"      # fields: request id; frame 2 is the reply body.
+ERROR = b"E"      # fields: request id; frame 2 is the handler's traceback, UTF-8.
 
 HEADS = {
-    HELLO: struct.Struct("!cQI"),
-    HEARTBEAT: struct.Struct("!cQ"),
-    REPLY: struct.Struct("!cQQ"),
-    ERROR: struct.Struct("!cQQ"),
+    HELLO: struct.Struct("!cQQI"),
+    HEARTBEAT: struct.Struct("!cQQ"),
+    REPLY: struct.Struct("!cQQQ"),
+    ERROR: struct.Struct("!cQQQ"),
 }
 FRAME_COUNTS = {HELLO: (1, 3), HEARTBEAT: (1,), REPLY: (2,), ERROR: (2,)}
+MAX_ENDPOINT = 255          # bytes of a remote worker's tcp:// endpoint
+KEY_SIZES = (0, 40)         # a remote worker's public key: none, or Z85 text
+
+# Producer -> worker control messages: [kind, body].
+WELCOME = b"W"              # body: the worker's token, the largest reply it may send
+WELCOME_BODY = struct.Struct("!QQ")
 
 MISSED_BEATS = 3    # a remote worker silent for this many heartbeat intervals is gone
 
@@ -244,18 +254,25 @@ class Message(NamedTuple):
 
     kind: bytes
     worker_id: int
+    token: int
     field: int
     frames: list
 
 
-def encode_head(kind: bytes, worker_id: int, field: int | None = None) -> bytes:
+def encode_head(kind: bytes, worker_id: int, token: int, field: int | None = None) -> bytes:
     head = HEADS[kind]
-    return head.pack(kind, worker_id) if field is None else head.pack(kind, worker_id, field)
+    if field is None:
+        return head.pack(kind, worker_id, token)
+    return head.pack(kind, worker_id, token, field)
+
+
+def frame_bytes(frame: zmq.Frame | bytes) -> bytes:
+    return frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
 
 
 def decode(frames: list) -> Message:
     """Validate and decode one message from a sink; BadMessage says what is wrong."""
-    head = frames[0].bytes if isinstance(frames[0], zmq.Frame) else bytes(frames[0])
+    head = frame_bytes(frames[0])
     kind = head[:1]
     layout = HEADS.get(kind)
     if layout is None:
@@ -264,8 +281,39 @@ def decode(frames: list) -> Message:
         raise BadMessage("a %r head of %d bytes, not %d" % (kind, len(head), layout.size))
     if len(frames) not in FRAME_COUNTS[kind]:
         raise BadMessage("a %r message of %d frames" % (kind, len(frames)))
+    if kind == HELLO and len(frames) == 3:
+        check_hello(frame_bytes(frames[1]), frame_bytes(frames[2]))
     fields = layout.unpack(head)
-    return Message(kind, fields[1], fields[2] if len(fields) > 2 else 0, frames)
+    return Message(kind, fields[1], fields[2], fields[3] if len(fields) > 3 else 0, frames)
+
+
+def check_hello(endpoint: bytes, key: bytes) -> None:
+    """A remote worker's endpoint is ``tcp://HOST:PORT`` in ASCII; its key empty or Z85."""
+    if (len(endpoint) > MAX_ENDPOINT or not endpoint.startswith(b"tcp://")
+            or not endpoint.isascii() or not endpoint.rpartition(b":")[2].isdigit()):
+        raise BadMessage("a HELLO with the endpoint %r" % endpoint[:64])
+    if len(key) not in KEY_SIZES or not key.isascii():
+        raise BadMessage("a HELLO with a key of %d bytes" % len(key))
+
+
+def encode_welcome(token: int, max_reply_size: int) -> list[bytes]:
+    return [WELCOME, WELCOME_BODY.pack(token, max_reply_size)]
+
+
+def is_control(frames: list) -> bool:
+    """A producer -> worker control message, not a batch (whose head is 16 + 8n bytes)."""
+    return len(frame_bytes(frames[0])) == 1
+
+
+def decode_welcome(frames: list) -> tuple[int, int]:
+    """(token, max reply size) from a WELCOME."""
+    if len(frames) != 2 or frame_bytes(frames[0]) != WELCOME:
+        raise BadMessage("not a welcome")
+    body = frame_bytes(frames[1])
+    if len(body) != WELCOME_BODY.size:
+        raise BadMessage("a welcome of %d bytes" % len(body))
+    token, max_reply_size = WELCOME_BODY.unpack(body)
+    return token, max_reply_size
 
 
 # -- the fork server's control channel -------------------------------------------------------
