@@ -218,7 +218,7 @@ class HeldBackReader(wire.FrameReader):
             return False
         assert self.buffer is not None
         while len(self.buffer) < self.length:
-            self._grow()
+            self._grow(sock)
         with memoryview(self.buffer) as view:
             if not sock.recv_into(view[self.length - 1:], 1, PEEK):
                 raise wire.FrameError(wire.FrameError.CLOSED, self.got, self.length)

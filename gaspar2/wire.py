@@ -19,9 +19,11 @@ then the kind's own fields (see ``HEADS``).
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
-from typing import NamedTuple
+import termios
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -102,16 +104,29 @@ def pack(message: bytes | bytearray | memoryview | str) -> bytes:
 _SCRATCH = bytearray(64 * 1024)
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 READ_SLICE = 1 << 20            # payload bytes read per wake-up, at most, after the first read
-FIRST_CAPACITY = 4096           # a partial frame's first buffer (less if the frame is smaller)
+FIRST_CAPACITY = 4096           # a buffer's least size, and least growth (up to the length)
 GROWTH_MAX = 16 << 20           # a buffer grows by at most this much at once
+_INT = struct.Struct("i")
+_ZEROS = bytes(GROWTH_MAX)      # what a buffer grows by; never written, so it costs no memory
+
+
+def available(sock: Any) -> int:
+    """Bytes the kernel holds for ``sock``, received and not read yet (0 if unknown)."""
+    try:
+        return int(_INT.unpack(fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+    except (OSError, AttributeError, ValueError):
+        return 0
 
 
 class FrameReader:
     """Reads one frame from a socket across as many wake-ups as it takes, never blocking.
 
-    The payload's buffer grows as its bytes arrive, never ahead of them by more than it
-    holds already (or ``FIRST_CAPACITY``): an announced length costs nothing until its bytes
-    come. ``capacity`` is what the reader holds now.
+    The payload's buffer grows as its bytes arrive: to hold what the kernel has received for
+    the socket (to the whole frame once half of it is in), and never ahead of that by more
+    than an eighth of what it holds (or ``FIRST_CAPACITY``). An announced length costs
+    nothing until its bytes come, and a frame that is mostly there takes one allocation.
+    ``capacity`` is what the reader holds now: at most twice the bytes received, or
+    ``FIRST_CAPACITY``.
     """
 
     __slots__ = ("max_size", "header", "length", "got", "buffer", "payload")
@@ -152,7 +167,7 @@ class FrameReader:
         assert buffer is not None
         while self.got < target and allowance > 0:
             if self.got == len(buffer):
-                self._grow()
+                self._grow(sock)
             end = min(len(buffer), self.got + allowance, target)
             with memoryview(buffer) as view:
                 n = sock.recv_into(view[self.got:end], 0, _DONTWAIT)
@@ -161,11 +176,16 @@ class FrameReader:
             self.got += n
             allowance -= n
 
-    def _grow(self) -> None:
+    def _grow(self, sock: Any) -> None:
         assert self.buffer is not None
         size = len(self.buffer)
-        step = min(max(size, FIRST_CAPACITY), GROWTH_MAX, self.length - size)
-        self.buffer.extend(bytes(step))
+        wanted = self._wanted(self.got + max(available(sock), size >> 3, FIRST_CAPACITY))
+        with memoryview(_ZEROS) as zeros:
+            self.buffer.extend(zeros[:min(wanted - size, GROWTH_MAX)])
+
+    def _wanted(self, size: int) -> int:
+        """A buffer's size for ``size`` bytes in hand: the whole frame once that is half."""
+        return self.length if 2 * size >= self.length else size
 
     def _read_header(self, sock: socket.socket) -> bool:
         n = sock.recv_into(_SCRATCH, 0, _DONTWAIT)
@@ -185,8 +205,9 @@ class FrameReader:
         if body == length:
             self.payload = bytes(data[HEADER.size:])
         else:
-            self.buffer = bytearray(data[HEADER.size:])
-            self.buffer.extend(bytes(min(length, max(body, FIRST_CAPACITY)) - body))
+            held = self._wanted(max(body + available(sock), FIRST_CAPACITY))
+            self.buffer = bytearray(min(held, body + GROWTH_MAX))
+            self.buffer[:body] = data[HEADER.size:]
         return True
 
 
