@@ -22,7 +22,7 @@ import collections
 import ctypes
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 from .wire import READ_SLICE
 
@@ -32,6 +32,7 @@ MiB = 2**20
 MACHINE_SHARE = 4               # the default limit: a quarter of physical memory
 FALLBACK = 1024 * MiB           # when physical memory cannot be read
 UNBOUNDED = 1 << 62
+PLENTY = 1 << 16                 # room for more replies than can be at workers: no need to count
 
 
 def default_limit() -> int:
@@ -67,10 +68,13 @@ class Budget:
         """A reply of ``size`` bytes arrived: plan for replies that large for a while."""
         self.expected = max(size, self.expected - (self.expected >> 3))
 
-    def room(self, at_workers: int) -> int:
-        """How many more requests may go to workers now, ``at_workers`` being there."""
-        if self.expected == 0:
+    def room(self, at_workers: Callable[[], int]) -> int:
+        """How many more requests may go to workers now; ``at_workers`` counts those there."""
+        if self.expected == 0 or self.limit - self.used > self.expected * PLENTY:
             return UNBOUNDED
+        return self._room(at_workers())
+
+    def _room(self, at_workers: int) -> int:
         free = self.limit - self.used - at_workers * self.expected
         allowed = free // self.expected
         if allowed < 1 and at_workers == 0 and self.replies == 0:
@@ -103,7 +107,7 @@ class Readers:
 
     def allowance(self, conn: Any) -> int:
         """How many payload bytes ``conn`` may read now; 0 or less: pause it."""
-        free = self.budget.free()
+        free = self.budget.limit - self.budget.used
         if free >= READ_SLICE or conn is self.oldest():
             return READ_SLICE
         return free

@@ -243,7 +243,7 @@ class FrontEnd(Acceptor):
             return
         if conn.watcher is not None:
             conn.watcher.stop()
-        self._forget_reader(conn)
+            self._forget_reader(conn)       # it was read over several wake-ups
         conn.payload = reader.payload
         conn.size_in = len(conn.payload)
         conn.reader = None
@@ -278,12 +278,15 @@ class FrontEnd(Acceptor):
 
     def _hold(self, conn: Connection, nbytes: int, reply: bool = False) -> None:
         """Charge what ``conn`` holds now to the budget; resume readers if it frees some."""
-        budget = self.budget
-        budget.change(-conn.held, conn.holds_reply)
-        budget.change(nbytes, reply)
-        freed = nbytes < conn.held
-        conn.held, conn.holds_reply = nbytes, reply
-        if freed and self.readers.paused:
+        held = conn.held
+        if conn.holds_reply or reply:
+            self.budget.change(-held, conn.holds_reply)
+            self.budget.change(nbytes, reply)
+            conn.holds_reply = reply
+        else:
+            self.budget.change(nbytes - held)
+        conn.held = nbytes
+        if nbytes < held and self.readers.paused:
             for paused in self.readers.to_resume():
                 self._resume(paused)
 

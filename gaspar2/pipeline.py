@@ -86,7 +86,7 @@ class Pipeline:
         self.drops = Drops()
         self.throttled = Throttled(log)
         self.dispatcher = Dispatcher(self, progress, time.monotonic,
-                                     lambda: self.budget.room(self.dispatcher.at_workers()))
+                                     lambda: self.budget.room(self.dispatcher.at_workers))
         self.frontend = FrontEnd(loop, self, settings, self.budget, self.fds)
         self.supervisor = Supervisor(self, LoopClock(loop), settings.workers,
                                      settings.max_requests, settings.max_requests_jitter, progress)
