@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="these workers' .key_secret")
     worker.add_argument("--curve-server-key", default=None, metavar="FILE",
                         help="the producer's public .key")
-    settings.add_arguments(worker, ("heartbeat", "log_level", "log_format", "error_logfile"))
+    settings.add_arguments(worker, ("heartbeat", "log_level", "log_format", "error_logfile",
+                                    "max_message_size"))
 
     keys = commands.add_parser("keys", help="generate a CURVE key pair")
     keys.add_argument("directory")
@@ -175,7 +176,8 @@ def worker(args: argparse.Namespace) -> int:
     if code:
         return code
     return serve_group(args.target, args.connect, args.workers, args.listen, args.advertise,
-                       args.curve_secret_key, args.curve_server_key, values.heartbeat)
+                       args.curve_secret_key, args.curve_server_key, values.heartbeat,
+                       values.max_message_size)
 
 
 def keys(args: argparse.Namespace) -> int:

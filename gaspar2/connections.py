@@ -5,6 +5,11 @@ listener, and one on each client socket while it is read or written. There is no
 gevent socket or per-request wrapper: on small requests those cost more of the producer's
 CPU than all the rest. A connection carries one request; once its frame is whole the front
 end reports it, and later writes the reply or aborts the connection.
+
+What a connection holds is charged to the memory budget (budget.py) as it changes; past the
+limit, bodies are not read (see ``budget.Readers``). Accepting pauses while the
+file-descriptor reserve (fds.py) is short, and a client that does not take its reply within
+``write_timeout`` is reset.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import struct
 from typing import Any, Protocol
 
 from . import wire
+from .budget import Budget, Readers
+from .fds import FdReserve
+from .guard import Throttled, guarded
 
 log = logging.getLogger("gaspar2")
 
@@ -33,15 +41,19 @@ class Connection:
     """One client connection and its single request."""
 
     __slots__ = ("sock", "peer", "reader", "watcher", "payload", "request_id", "seq", "reply",
-                 "since", "accepted", "served_by", "size_out", "closed")
+                 "since", "accepted", "served_by", "size_in", "size_out", "closed", "held",
+                 "holds_reply", "paused_at")
 
     def __init__(self, sock: Any, peer: Any, max_size: int, now: float):
         self.sock = sock
         self.peer = peer
-        self.since = now        # accepted at; once the frame is in, received at
+        self.since = now        # the current stage's start: accepted, received, replying
         self.accepted = now
         self.served_by: int | None = None   # the id of the worker that answered
-        self.size_out = 0
+        self.size_in = self.size_out = 0
+        self.held = 0           # bytes charged to the budget for it
+        self.holds_reply = False
+        self.paused_at = 0.0
         self.reader: wire.FrameReader | None = wire.FrameReader(max_size)
         self.watcher: Any = None
         self.payload: Any = None
@@ -67,24 +79,22 @@ class FrontEndEvents(Protocol):
         """``conn`` is closed, with ``outcome`` ("ok", "timeout", ...)."""
 
 
-class FrontEnd:
-    """Connections from every listener (see listeners.py) into one set."""
+class Acceptor:
+    """The listeners (see listeners.py): accepting while the connection limit and the
+    file-descriptor reserve allow, pausing otherwise. ``FrontEnd`` adds the connections."""
 
-    def __init__(self, loop: Any, events: FrontEndEvents, settings: Any):
-        self.loop = loop
-        self.events = events
-        self.max_message_size = settings.max_message_size
-        self.read_timeout = settings.read_timeout
-        self.timeout = settings.timeout
-        self.max_connections = settings.max_connections
-        self.conns: set[Connection] = set()
-        self.ids = itertools.count(1)
-        self.accepted = 0
-        self.listeners: list[Any] = []
-        self.accepting = False
-        self.after_reply: Any = None    # called instead of closing "ok" (see delivery.py)
+    loop: Any
+    events: FrontEndEvents
+    fds: FdReserve
+    conns: set[Connection]
+    max_connections: int
+    throttled: Throttled
+    listeners: list[Any]
+    accepting = False
+    retry_timer: Any = None
 
-    # -- the listeners ---------------------------------------------------------------------
+    def _accept_one(self, listener: Any) -> bool:
+        raise NotImplementedError
 
     def listen(self, listeners: list[Any]) -> None:
         """Accept from these ``listeners.Listener`` objects once started."""
@@ -120,19 +130,71 @@ class FrontEnd:
             listener.watcher.stop()
 
     def _resume_accepting(self) -> None:
-        if self.listeners:
+        if self.listeners and not self.accepting and self._may_accept():
             self.accepting = True
             for listener in self.listeners:
                 listener.watcher.start(self._on_accept, listener)
 
+    def _may_accept(self) -> bool:
+        return len(self.conns) < self.max_connections and not self.fds.short()
+
+    def _retry_accepting(self, delay: float) -> None:
+        """Accept again in ``delay`` seconds, counting the open files first."""
+        if self.retry_timer is None or not self.retry_timer.active:
+            self.retry_timer = self.loop.timer(delay)
+            self.retry_timer.start(self._retry)
+
+    @guarded
+    def _retry(self) -> None:
+        self.fds.recount(self.loop.now(), force=True)
+        self._resume_accepting()
+        if not self.accepting and self.listeners and self.fds.short():
+            self._retry_accepting(ACCEPT_PAUSE)
+
+    @guarded
     def _on_accept(self, listener: Any) -> None:
         for _ in range(ACCEPTS_PER_WAKEUP):
-            if len(self.conns) >= self.max_connections:
+            if not self._may_accept():
                 self._pause_accepting()     # the rest wait in the kernel's listen queue
+                if self.fds.short():
+                    self._retry_accepting(ACCEPT_PAUSE)
                 break
             if not self._accept_one(listener):
                 break
         self.events.accept_done()
+
+    def _accept_failed(self, exc: OSError) -> None:
+        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            self.throttled.log(logging.ERROR, "accept", "accept failed: %s; pausing accepts "
+                               "for %.1f s (%d connections open)", exc, ACCEPT_PAUSE,
+                               len(self.conns))
+            self._pause_accepting()
+            self._retry_accepting(ACCEPT_PAUSE)
+        elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
+            self.throttled.log(logging.ERROR, "accept", "accept failed: %s", exc)
+
+
+class FrontEnd(Acceptor):
+    """Connections from every listener into one set."""
+
+    def __init__(self, loop: Any, events: FrontEndEvents, settings: Any, budget: Budget,
+                 fds: FdReserve):
+        self.loop = loop
+        self.events = events
+        self.budget = budget
+        self.fds = fds
+        self.max_message_size = min(settings.max_message_size, budget.limit)
+        self.read_timeout = settings.read_timeout
+        self.timeout = settings.timeout
+        self.write_timeout = settings.write_timeout
+        self.max_connections = settings.max_connections
+        self.conns: set[Connection] = set()
+        self.readers = Readers(budget)
+        self.ids = itertools.count(1)
+        self.accepted = 0
+        self.listeners = []
+        self.throttled = Throttled(log)
+        self.after_reply: Any = None    # called instead of closing "ok" (see delivery.py)
 
     def _accept_one(self, listener: Any) -> bool:
         """Accept one connection and read what it sent; False when there is none."""
@@ -150,30 +212,23 @@ class FrontEnd:
         if listener.unix:
             conn.peer, conn.reader = listener.label, listener.reader(self.max_message_size)
         self.conns.add(conn)
+        self.fds.opened()
         self.accepted += 1
         self._read(conn)            # the frame often arrives with the handshake
         return True
 
-    def _accept_failed(self, exc: OSError) -> None:
-        if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-            log.error("accept failed: %s; pausing accepts for %.1f s (%d connections open)",
-                      exc, ACCEPT_PAUSE, len(self.conns))
-            self._pause_accepting()
-            timer = self.loop.timer(ACCEPT_PAUSE)
-            timer.start(self._resume_accepting)
-        elif exc.errno not in (errno.ECONNABORTED, errno.EPROTO, errno.EINTR):
-            log.error("accept failed: %s", exc)
-
     # -- reading the request -----------------------------------------------------------------
 
+    @guarded
     def _on_readable(self, conn: Connection) -> None:
         self._read(conn)
 
     def _read(self, conn: Connection) -> None:
         """Read what the client sent; report the request once its frame is whole."""
-        assert conn.reader is not None
+        reader = conn.reader
+        assert reader is not None
         try:
-            complete = conn.reader.read_from(conn.sock)
+            complete = reader.read_from(conn.sock, self.readers.allowance(conn))
         except BlockingIOError:
             complete = False
         except wire.FrameError as exc:
@@ -182,23 +237,65 @@ class FrontEnd:
         except OSError as exc:
             self.fail(conn, "bad_frame", "read failed: %s", exc)
             return
+        self._hold(conn, reader.capacity)
         if not complete:
-            if conn.watcher is None:
-                conn.watcher = self.loop.io(conn.sock.fileno(), READ)
-                conn.watcher.start(self._on_readable, conn)
+            self._wait_for_more(conn)
             return
         if conn.watcher is not None:
             conn.watcher.stop()
-        conn.payload = conn.reader.payload
+            self._forget_reader(conn)       # it was read over several wake-ups
+        conn.payload = reader.payload
+        conn.size_in = len(conn.payload)
         conn.reader = None
         conn.since = self.loop.now()
         conn.request_id = next(self.ids)
         self.events.request_received(conn)
 
+    def _wait_for_more(self, conn: Connection) -> None:
+        """Watch ``conn`` for the rest of its frame, or pause it while the budget is spent."""
+        readers = self.readers
+        if conn not in readers.reading:
+            readers.reading[conn] = None
+        if readers.allowance(conn) <= 0:
+            if conn.watcher is not None:
+                conn.watcher.stop()
+            readers.paused[conn] = None
+            conn.paused_at = self.loop.now()
+        elif conn.watcher is None:
+            conn.watcher = self.loop.io(conn.sock.fileno(), READ)
+            conn.watcher.start(self._on_readable, conn)
+
+    def _forget_reader(self, conn: Connection) -> None:
+        resume = self.readers.forget(conn)
+        if resume is not None:
+            self._resume(resume)
+
+    def _resume(self, conn: Connection) -> None:
+        conn.since += self.loop.now() - conn.paused_at   # paused time is not the client's
+        if conn.watcher is None:
+            conn.watcher = self.loop.io(conn.sock.fileno(), READ)
+        conn.watcher.start(self._on_readable, conn)
+
+    def _hold(self, conn: Connection, nbytes: int, reply: bool = False) -> None:
+        """Charge what ``conn`` holds now to the budget; resume readers if it frees some."""
+        held = conn.held
+        if conn.holds_reply or reply:
+            self.budget.change(-held, conn.holds_reply)
+            self.budget.change(nbytes, reply)
+            conn.holds_reply = reply
+        else:
+            self.budget.change(nbytes - held)
+        conn.held = nbytes
+        if nbytes < held and self.readers.paused:
+            for paused in self.readers.to_resume():
+                self._resume(paused)
+
     # -- replies and failures ----------------------------------------------------------------
 
     def reply(self, conn: Connection, body: memoryview) -> None:
         conn.size_out = len(body)
+        conn.payload = None                 # the worker is done with it
+        self._hold(conn, len(body), reply=True)
         self._write(conn, body)
 
     def _write(self, conn: Connection, view: memoryview) -> None:
@@ -213,14 +310,18 @@ class FrontEnd:
             if self.after_reply is None:
                 self._close(conn, "ok", FIN_ON_CLOSE)      # written in full: close in order
             else:
+                self._hold(conn, 0)
                 self.after_reply(conn)
             return
+        if conn.reply is None:
+            conn.since = self.loop.now()            # write_timeout counts from here
         conn.reply = view[sent:]
         if conn.watcher is not None:
             conn.watcher.close()
         conn.watcher = self.loop.io(conn.sock.fileno(), WRITE)
         conn.watcher.start(self._on_writable, conn)
 
+    @guarded
     def _on_writable(self, conn: Connection) -> None:
         conn.watcher.stop()
         assert conn.reply is not None
@@ -251,22 +352,31 @@ class FrontEnd:
         conn.sock.close()
         conn.closed = True
         self.conns.discard(conn)
+        self.fds.closed()
+        if conn.reader is not None:
+            self._forget_reader(conn)
         self.events.connection_closed(conn, outcome)
-        conn.payload = conn.reply = None
-        if not self.accepting and len(self.conns) < self.max_connections:
+        conn.payload = conn.reply = conn.reader = None
+        self._hold(conn, 0)
+        if not self.accepting:
             self._resume_accepting()
 
     # -- timeouts ----------------------------------------------------------------------------
 
     def sweep(self, now: float) -> None:
-        """Enforce read_timeout and timeout."""
+        """Enforce read_timeout, timeout and write_timeout."""
         for conn in list(self.conns):
             if conn.reader is not None:
-                if self.read_timeout is not None and now - conn.since > self.read_timeout:
+                if (self.read_timeout is not None and now - conn.since > self.read_timeout
+                        and conn not in self.readers.paused):
                     self.fail(conn, "timeout", "no whole frame within %s s (read_timeout)",
                               self.read_timeout)
-            elif conn.reply is None and self.timeout is not None and now - conn.since > self.timeout:
+            elif conn.reply is not None:
+                if self.write_timeout is not None and now - conn.since > self.write_timeout:
+                    self.fail(conn, "timeout", "reply not taken within %s s (write_timeout)",
+                              self.write_timeout)
+            elif self.timeout is not None and now - conn.since > self.timeout:
                 self.fail(conn, "timeout", "no answer within %s s (timeout)", self.timeout)
 
     def reading(self) -> int:
-        return sum(1 for conn in self.conns if conn.reader is not None)
+        return len(self.readers.reading)

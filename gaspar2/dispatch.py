@@ -76,10 +76,12 @@ class DispatchEvents(Protocol):
 
 class Dispatcher:
     def __init__(self, events: DispatchEvents, progress: Any = None,
-                 clock: Callable[[], float] = lambda: 0.0):
+                 clock: Callable[[], float] = lambda: 0.0,
+                 room: Callable[[], int] | None = None):
         self.events = events
         self.progress = progress      # read(slot) and revoke(slot), for local seats
         self.clock = clock            # the progress table's clock (time.monotonic)
+        self.room = room              # how many more may go to workers now (memory budget)
         self.waiting: collections.deque[Request] = collections.deque()
         self.seats: dict[int, Seat] = {}
 
@@ -96,7 +98,8 @@ class Dispatcher:
         """Hand waiting requests to free workers, one message per worker."""
         waiting = self.waiting
         batches: dict[Seat, list[Request]] = {}
-        while waiting:
+        allowed = self.room() if self.room is not None and waiting else len(waiting)
+        while waiting and allowed > 0:
             seat = self._least_loaded(batches)
             if seat is None:
                 break
@@ -107,6 +110,7 @@ class Dispatcher:
             seat.next_seq += 1
             seat.held[request.request_id] = request
             batches.setdefault(seat, []).append(request)
+            allowed -= 1
         for seat, requests in batches.items():
             self._send(seat, requests)
 
@@ -134,6 +138,10 @@ class Dispatcher:
         seat.assigned += len(requests)
         if seat.lifetime is not None and seat.assigned >= seat.lifetime and not seat.retiring:
             self.events.seat_spent(seat)
+
+    def holds(self, worker_id: int, request_id: int) -> bool:
+        seat = self.seats.get(worker_id)
+        return seat is not None and request_id in seat.held
 
     def take(self, worker_id: int, request_id: int) -> Request | None:
         """The request a worker answered, off the books; None if that worker does not hold

@@ -31,6 +31,7 @@ class Exposure:
         s, pipeline = self.settings, self.pipeline
         if s.metrics or s.access_log:
             gauges = observe.gauges(pipeline.frontend, pipeline.dispatcher, pipeline.ready_count)
+            gauges.update(observe.bounds_gauges(pipeline.counts))
             pipeline.observer = Observer(gauges, s.metrics, s.access_log, health)
 
     def listen(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Callable, Protocol
 import gevent.event
 
 from . import wire
+from .guard import guarded
 from .procutil import (close_inherited_sockets, die_with_parent, drop_inherited_hub,
                        ignore_signals, original, set_title)
 
@@ -186,6 +187,7 @@ class ForkServerClient:
         except OSError as exc:
             log.error("cannot reach the fork server: %s", exc)
 
+    @guarded
     def _on_channel(self) -> None:
         try:
             data = self.channel.recv(65536)

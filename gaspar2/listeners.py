@@ -208,21 +208,21 @@ class HeldBackReader(wire.FrameReader):
 
     __slots__ = ()
 
-    def read_from(self, sock: Any) -> bool:
-        if self.payload is None and not self._read_header(sock):
+    def read_from(self, sock: Any, allowance: int = wire.READ_SLICE) -> bool:
+        if self.length < 0 and not self._read_header(sock):
             return False
-        assert self.payload is not None
-        size = len(self.payload)
-        if size == 0:
-            return True         # the header's last byte is the one held back
-        view = memoryview(self.payload)
-        while self.got < size - 1:
-            n = sock.recv_into(view[self.got:size - 1], 0, DONTWAIT)
-            if not n:
-                raise wire.FrameError(wire.FrameError.CLOSED, self.got, size)
-            self.got += n
-        if not sock.recv_into(view[size - 1:], 1, PEEK):
-            raise wire.FrameError(wire.FrameError.CLOSED, self.got, size)
+        if self.payload is not None:
+            return True         # empty: the header's last byte is the one held back
+        self._read_body(sock, allowance, self.length - 1)
+        if self.got < self.length - 1:
+            return False
+        assert self.buffer is not None
+        while len(self.buffer) < self.length:
+            self._grow(sock)
+        with memoryview(self.buffer) as view:
+            if not sock.recv_into(view[self.length - 1:], 1, PEEK):
+                raise wire.FrameError(wire.FrameError.CLOSED, self.got, self.length)
+        self.payload, self.buffer = self.buffer, None
         return True
 
     def _read_header(self, sock: Any) -> bool:
@@ -238,9 +238,10 @@ class HeldBackReader(wire.FrameReader):
         (length,) = wire.HEADER.unpack(self.header + last)
         if length > self.max_size:
             raise wire.FrameError(wire.FrameError.TOO_LONG, length, self.max_size)
+        self.length, self.got, self.header = length, 0, b""
         if length:
             sock.recv(1, DONTWAIT)
-            self.payload = bytearray(length)
+            self.buffer = bytearray(min(length, wire.FIRST_CAPACITY))
         else:
             self.payload = b""
         return True

@@ -12,13 +12,17 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import os
 from typing import Any, Callable
 
 import greenlet
 
+from .fds import count_open
+
 access_log = logging.getLogger("gaspar2.access")
 log = logging.getLogger("gaspar2")
+
+METRICS_CONNECTIONS = 16    # served at once; the others wait in the listen queue
+METRICS_IDLE = 10.0         # seconds a metrics connection may stay silent
 
 OUTCOMES = ("ok", "handler_error", "timeout", "worker_died", "bad_frame", "refused", "client_gone")
 
@@ -37,7 +41,7 @@ def status(frontend: Any, dispatcher: Any, workers: int) -> dict[str, int]:
         "at_workers": dispatcher.at_workers(),
         "workers": workers,
         "greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet)),
-        "open_files": len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else -1,
+        "open_files": count_open(),
     }
 
 
@@ -56,6 +60,18 @@ def gauges(frontend: Any, dispatcher: Any, ready_count: Callable[[], int]) -> Ga
     }
 
 
+def bounds_gauges(counts: Callable[[], dict[str, int]]) -> Gauges:
+    return {
+        "gaspar2_buffered_bytes": ("Bytes held for requests and replies (buffer_limit)",
+                                   lambda: counts()["buffered"]),
+        "gaspar2_dropped_messages": ("Worker messages dropped since start: malformed, from "
+                                     "a sender that is not who it says, or for a request "
+                                     "it does not hold", lambda: counts()["dropped"]),
+        "gaspar2_remote_connections": ("Connections open on the remote-workers endpoint",
+                                       lambda: counts()["remote_connections"]),
+    }
+
+
 class Observer:
     def __init__(self, gauges: Gauges, metrics_address: str | None, access: bool,
                  health: Health | None = None):
@@ -64,7 +80,7 @@ class Observer:
 
     def request_done(self, conn: Any, outcome: str, now: float) -> None:
         seconds = now - conn.accepted
-        size_in = len(conn.payload) if conn.payload is not None else 0
+        size_in = conn.size_in
         if self.metrics is not None:
             self.metrics.request_done(outcome, seconds, size_in, conn.size_out)
         if self.access:
@@ -92,7 +108,13 @@ class Metrics:
             import prometheus_client as prom
         except ImportError:
             raise RuntimeError("--metrics needs prometheus-client: pip install 'gaspar2[metrics]'")
+        from gevent.pool import Pool
         from gevent.pywsgi import WSGIServer
+
+        class BoundedServer(WSGIServer):
+            def handle(self, sock: Any, address: Any) -> None:
+                sock.settimeout(METRICS_IDLE)
+                super().handle(sock, address)
 
         registry = prom.CollectorRegistry()
         self.requests = prom.Counter("gaspar2_requests", "Requests by outcome", ["outcome"],
@@ -114,8 +136,9 @@ class Metrics:
         app = prom.make_wsgi_app(registry)
         if health is not None:
             app = health_app(health, app)
-        self.server = WSGIServer((host.strip("[]") or "127.0.0.1", int(port)), app, log=None,
-                                 error_log=logging.getLogger("gaspar2.metrics"))
+        self.server = BoundedServer((host.strip("[]") or "127.0.0.1", int(port)), app, log=None,
+                                    error_log=logging.getLogger("gaspar2.metrics"),
+                                    spawn=Pool(METRICS_CONNECTIONS))
         try:
             self.server.start()
         except OSError as exc:

@@ -8,24 +8,41 @@ The pipeline is the one listener of every part (``FrontEndEvents``, ``DispatchEv
 ``SupervisorEvents``, ``TransportEvents``): no part calls another. It holds no state of its
 own but for one flag; what concerns the producer's lifecycle goes up through
 ``PipelineEvents``.
+
+Only the worker that holds a request can answer it. Every worker message names its sender
+and carries that sender's token: local workers inherit one from the producer (only they can
+reach their ipc endpoints, in a directory only this user can enter); a remote worker gets
+its own in the producer's answer to its HELLO, and with CURVE must also send from the key it
+joined with (see remote.py). A message whose token is not its sender's, or that answers a
+request its sender does not hold, is dropped and counted. So request ids need not be secret:
+they are sequential, and knowing one lets no one answer it.
 """
 
 from __future__ import annotations
 
 import logging
+import secrets
 import time
 from typing import Any, Callable, Protocol
 
-from . import wire
+import zmq
+
+from . import observe, wire
+from .budget import Budget, default_limit, release_memory
 from .connections import Connection, FrontEnd
 from .dispatch import Dispatcher, Seat
-from .observe import Observer
+from .fds import FdReserve, reserve_for
+from .guard import Drops, Throttled, guarded
+from .observe import METRICS_CONNECTIONS, Observer
 from .progress import ProgressTable
-from .remote import RemoteMembers
+from .remote import BACKLOG, REMOTE_ID_MIN, RemoteMembers
 from .supervisor import Supervisor
 from .transport import Transport, sender
 
 log = logging.getLogger("gaspar2")
+
+JOIN_RETRY = 0.1                # a worker that could not be connected for want of files
+TRIM_AFTER = 64 * 2**20         # hand freed memory back to the system past this much
 
 
 class PipelineEvents(Protocol):
@@ -52,7 +69,7 @@ class LoopClock:
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
         timer = self.loop.timer(delay)
-        timer.start(callback)
+        timer.start(guarded(callback))
         return timer
 
 
@@ -61,8 +78,16 @@ class Pipeline:
         self.owner = owner
         self.settings = settings
         self.loop = loop
-        self.dispatcher = Dispatcher(self, progress, time.monotonic)
-        self.frontend = FrontEnd(loop, self, settings)
+        self.max_reply_size = settings.max_reply_size or settings.max_message_size
+        self.budget = Budget(settings.buffer_limit or default_limit())
+        self.fds = FdReserve(reserve_for(settings.workers, (METRICS_CONNECTIONS + 1) * bool(
+            settings.metrics) + BACKLOG * bool(settings.remote_workers)))
+        self.local_token = secrets.randbits(64) | 1     # what local workers' messages carry
+        self.drops = Drops()
+        self.throttled = Throttled(log)
+        self.dispatcher = Dispatcher(self, progress, time.monotonic,
+                                     lambda: self.budget.room(self.dispatcher.at_workers))
+        self.frontend = FrontEnd(loop, self, settings, self.budget, self.fds)
         self.supervisor = Supervisor(self, LoopClock(loop), settings.workers,
                                      settings.max_requests, settings.max_requests_jitter, progress)
         self.transport: Transport | None = None
@@ -95,6 +120,7 @@ class Pipeline:
             self.observer.request_done(conn, outcome, self.loop.now())
         if not self.frontend.conns:
             self.owner.idle()
+        self._schedule_dispatch()       # what it held may let another request go
 
     def _schedule_dispatch(self) -> None:
         """Dispatch at the end of this loop iteration, so that requests read by several
@@ -103,6 +129,7 @@ class Pipeline:
             self._dispatch_pending = True
             self.loop.run_callback(self._scheduled_dispatch)
 
+    @guarded
     def _scheduled_dispatch(self) -> None:
         self._dispatch_pending = False
         self._dispatch()
@@ -112,6 +139,7 @@ class Pipeline:
         if not self.stuck_watch.active and self.dispatcher.busy():
             self.stuck_watch.start(self._check_stuck)
 
+    @guarded
     def _check_stuck(self) -> None:
         if self.dispatcher.check():
             self._dispatch()
@@ -124,14 +152,25 @@ class Pipeline:
         if worker.id in self.dispatcher.seats:
             log.warning("%r claims the id of a worker already serving: ignored", worker)
             return
-        assert self.transport is not None
-        send = sender(worker.push) if worker.remote else self.transport.connect_local(worker.id)
+        assert worker.remote or self.transport is not None
+        try:
+            send = sender(worker.push) if worker.remote else self.transport.connect_local(worker.id)
+        except zmq.ZMQError as exc:
+            self.throttled.log(logging.ERROR, "join", "cannot connect to %r: %s; retrying in "
+                               "%.1f s", worker, exc, JOIN_RETRY)
+            self.loop.timer(JOIN_RETRY).start(self._join_again, worker)
+            return
         window = 1 if worker.remote else self.settings.window
         slot = None if worker.remote else worker.slot
         self.dispatcher.add(Seat(worker.id, send, window, worker.lifetime, slot))
         if self.supervisor.ready_count() >= self.supervisor.size:
             self.owner.workers_ready()
         self._schedule_dispatch()
+
+    @guarded
+    def _join_again(self, worker: Any) -> None:
+        if self.supervisor.workers.get(worker.id) is worker and not self.closing:
+            self.worker_ready(worker)
 
     def worker_retiring(self, worker: Any) -> None:
         self.dispatcher.retire(worker.id)
@@ -167,29 +206,72 @@ class Pipeline:
     def messages_read(self) -> None:
         self._dispatch()
 
-    def message(self, message: wire.Message, local: bool) -> None:
-        kind, worker_id, field, frames = message
-        if kind == wire.REPLY:
-            conn = self.dispatcher.take(worker_id, field)
-            if conn is not None:
-                conn.served_by = worker_id
-                self.frontend.reply(conn, frames[1].buffer)
-        elif kind == wire.ERROR:
-            conn = self.dispatcher.take(worker_id, field)
-            if conn is not None:
-                conn.served_by = worker_id
-                text = frames[1].bytes.decode("utf-8", "replace")
-                self.frontend.fail(conn, "handler_error", "handler failed in %s", text)
-        elif kind == wire.HEARTBEAT and self.remote is not None:
-            self.remote.heard(worker_id, self.loop.now())
-        elif kind == wire.HELLO and local:
-            self.supervisor.hello(worker_id, field)
-        elif kind == wire.HELLO and self.remote is not None and len(frames) == 3:
-            self.remote.hello(worker_id, field, frames[1].bytes, frames[2].bytes, self.loop.now())
+    def message(self, message: wire.Message, local: bool, user_id: str | None) -> None:
+        if message.kind == wire.HELLO:
+            self._hello(message, local, user_id)
+            return
+        if local:
+            genuine = message.token == self.local_token and message.worker_id < REMOTE_ID_MIN
+        else:
+            genuine = self.remote is not None and self.remote.authentic(message, user_id,
+                                                                        self.loop.now())
+        if not genuine:
+            self.drops.count("sender", "a %r naming worker %x, with a token or key not its "
+                             "own" % (message.kind, message.worker_id))
+        elif message.kind != wire.HEARTBEAT:
+            self._answer(message)
 
+    def _hello(self, message: wire.Message, local: bool, user_id: str | None) -> None:
+        if local and message.token == self.local_token and len(message.frames) == 1:
+            self.supervisor.hello(message.worker_id, message.field)
+        elif not local and self.remote is not None:
+            self.remote.hello(message, user_id, self.loop.now())
+        else:
+            self.drops.count("sender", "a HELLO naming worker %x" % message.worker_id)
+
+    def _answer(self, message: wire.Message) -> None:
+        """A REPLY or an ERROR, from a genuine sender: act on it if that sender holds it."""
+        worker_id, request_id = message.worker_id, message.field
+        if not self.dispatcher.holds(worker_id, request_id):
+            self.drops.count("not_held", "a %r from worker %x for request %d, which it does "
+                             "not hold" % (message.kind, worker_id, request_id))
+            return
+        conn = self.dispatcher.take(worker_id, request_id)
+        if conn is None:
+            return
+        conn.served_by = worker_id
+        body = message.frames[1].buffer
+        if message.kind == wire.REPLY and len(body) > self.max_reply_size:
+            self.frontend.fail(conn, "handler_error", "a reply of %d bytes from worker %x, over "
+                               "max_reply_size %d", len(body), worker_id, self.max_reply_size)
+        elif message.kind == wire.REPLY:
+            self.budget.reply_seen(len(body))
+            self.frontend.reply(conn, body)
+        else:
+            text = message.frames[1].bytes.decode("utf-8", "replace")
+            self.frontend.fail(conn, "handler_error", "handler failed in %s", text)
+
+    def message_dropped(self, reason: str, detail: str) -> None:
+        self.drops.count(reason, detail)
+
+    def status(self) -> dict[str, int]:
+        return {**observe.status(self.frontend, self.dispatcher, self.ready_count()),
+                **self.counts()}
+
+    def counts(self) -> dict[str, int]:
+        """What the bounds hold now: bytes buffered, messages dropped, remote connections."""
+        return {"buffered": self.budget.used, "dropped": self.drops.total(),
+                "remote_connections": self.transport.remote.connections
+                if self.transport is not None and self.transport.remote is not None else 0}
+
+    @guarded
     def sweep(self) -> None:
-        """Enforce the timeouts."""
+        """Enforce the timeouts; count the open files; give freed memory back."""
+        self.fds.recount(self.loop.now())
         self.frontend.sweep(self.loop.now())
         self.supervisor.check_liveness(self.settings.worker_timeout, self.settings.heartbeat)
+        if self.budget.worth_trimming(TRIM_AFTER):
+            release_memory()
+            self.budget.trimmed()
         if self.remote is not None:
             self.remote.check(self.loop.now())

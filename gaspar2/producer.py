@@ -26,7 +26,7 @@ from .pipeline import Pipeline
 from .procutil import make_ipc_dir, raise_open_file_limit, set_title
 from .progress import ProgressTable
 from .remote import RemoteMembers
-from .transport import Transport
+from .transport import Announcing, Transport
 from .worker import LocalWorkers
 
 log = logging.getLogger("gaspar2")
@@ -127,17 +127,23 @@ class Producer:
         raise_open_file_limit(s.max_connections)
         self.ipc_dir, self.ipc_lock = make_ipc_dir()
         workers = LocalWorkers(self._make_consumer, self.name, self.ipc_dir, self.progress,
-                               s.giveback_after)
+                               s.giveback_after, self.pipeline.local_token,
+                               self.pipeline.max_reply_size)
         # Fork the fork server first: no listener and no ZeroMQ context exist yet.
         pid, channel = forkserver.start(workers, "gaspar2 forkserver %s" % self.name)
         self.fork = forkserver.ForkServerClient(self.loop, pid, channel, self.supervisor)
-        self.supervisor.attach(self.fork)
-        self.transport = self.pipeline.transport = Transport(self.loop, self.pipeline, self.ipc_dir)
+        self.transport = self.pipeline.transport = Transport(
+            self.loop, self.pipeline, self.ipc_dir, max(s.max_message_size,
+                                                        self.pipeline.max_reply_size))
+        self.supervisor.attach(Announcing(self.fork, self.transport))
+        log.info("buffer limit %s for requests and replies", self.pipeline.budget.describe())
         if s.remote_workers:
             remote_sink = self.transport.open_remote(s.remote_workers, s.curve_secret_key,
-                                                     s.curve_authorized, s.insecure_remote)
+                                                     s.curve_authorized, s.insecure_remote,
+                                                     s.max_remote_workers, self.pipeline.fds)
             self.pipeline.remote = RemoteMembers(self.pipeline, self.transport.ctx, remote_sink,
-                                                 s.heartbeat)
+                                                 s.heartbeat, s.max_remote_workers,
+                                                 self.pipeline.max_reply_size)
             log.info("remote workers may join at %s", remote_sink.endpoint)
         self.exposure.observe(self.health)     # metrics and /healthz answer while workers start
         self.notifier.status("starting %d workers" % s.workers)
@@ -267,7 +273,7 @@ class Producer:
 
     def status(self) -> dict[str, int]:
         """Counts for operators (SIGUSR2 and /healthz show them) and for leak checks."""
-        return observe.status(self.frontend, self.pipeline.dispatcher, self.pipeline.ready_count())
+        return self.pipeline.status()
 
     def log_status(self) -> None:
         log.info("status: %s", " ".join("%s=%s" % item for item in self.status().items()))

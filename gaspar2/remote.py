@@ -2,25 +2,49 @@
 
 A remote worker connects a PUSH to the producer's remote sink, binds a PULL of its own on a
 TCP port and says HELLO with that address and its public key; the producer connects a PUSH
-back to it. With CURVE, each end accepts only the keys it was given. Remote workers take
-part in the same fair dispatch as local ones, holding one request at a time (no shared
-memory tells the producer which of several a lost worker had begun). They send a heartbeat
-every interval; one silent for ``wire.MISSED_BEATS`` intervals is gone.
+back to it and answers with a WELCOME carrying a random token. The worker joins once a
+message carrying that token comes back: only a worker that receives at the address it gave
+can join, and every later message must carry the token (and, with CURVE, come from the key
+the worker joined with, which the ZAP handler attaches to each message as ``User-Id``).
+Remote workers take part in the same fair dispatch as local ones, holding one request at a
+time (no shared memory tells the producer which of several a lost worker had begun). They
+send a heartbeat every interval; one silent for ``wire.MISSED_BEATS`` intervals is gone.
+
+The endpoint faces the network: every message and handshake is size-limited, a handshake
+must finish within ``HANDSHAKE_MS``, connections that stop answering ZeroMQ's own pings are
+dropped, and the connections are counted (a socket monitor): one that ZeroMQ accepts past
+the limit, or while the producer is short of file descriptors, is cut at once. (Unbinding
+the endpoint instead would also drop the workers' connections, and what they had queued.)
+Its listen queue is short, so that ZeroMQ cannot accept many before the count is read.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import secrets
 import socket
 import urllib.parse
 from typing import Any
 
 import zmq
+from zmq.utils.monitor import parse_monitor_message
 
 from . import curve, wire
+from .fds import FdReserve
+from .guard import Throttled
 
 log = logging.getLogger("gaspar2.remote")
+
+HANDSHAKE_MS = 5000         # a connection that has not completed its handshake by then is cut
+PING_MS = 2000              # ZeroMQ's own heartbeat on the remote endpoint's connections
+HEADROOM = 64 * 1024        # a message may exceed max_message_size by its head
+CONNECTIONS_PER_WORKER = 2  # a remote worker's two PUSH sockets
+SPARE_CONNECTIONS = 16
+BACKLOG = 32                # the endpoint's listen queue: what ZeroMQ may accept in one burst
+REMOTE_ID_MIN = 1 << 32     # remote worker ids are at least this; local ones are small
+MONITORED = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -31,16 +55,39 @@ def is_loopback(endpoint: str) -> bool:
         return False
 
 
+def limit_peer(sock: zmq.Socket, max_message_size: int) -> None:
+    """Options of every ZeroMQ socket that faces the network."""
+    sock.linger = 0
+    sock.maxmsgsize = max_message_size + HEADROOM
+    sock.handshake_ivl = HANDSHAKE_MS
+
+
+def check_curve_options(secret_key_file: str | None, authorized: str | None) -> None:
+    if bool(secret_key_file) != bool(authorized):
+        raise RuntimeError("CURVE needs both --curve-secret-key and --curve-authorized "
+                           "(only %s was given)" % ("--curve-secret-key" if secret_key_file
+                                                    else "--curve-authorized"))
+
+
 class RemoteSink:
-    """The endpoint remote workers join, and its authenticator."""
+    """The endpoint remote workers join, its authenticator, and its connection count."""
 
     def __init__(self, ctx: zmq.Context, endpoint: str, secret_key_file: str | None = None,
-                 authorized: str | None = None, insecure: bool = False):
+                 authorized: str | None = None, insecure: bool = False,
+                 max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE,
+                 max_workers: int = 256, fds: FdReserve | None = None):
+        check_curve_options(secret_key_file, authorized)
         self.keys: tuple[bytes, bytes] | None = None
         self.auth: Any = None
+        self.max_message_size = max_message_size
+        self.max_connections = CONNECTIONS_PER_WORKER * max_workers + SPARE_CONNECTIONS
+        self.connections = 0
+        self.fds = fds
+        self.throttled = Throttled(log)
         if secret_key_file:
+            assert authorized is not None
             self.keys = curve.load_secret(secret_key_file)
-            allowed = curve.load_public_keys(authorized) if authorized else []
+            allowed = curve.load_public_keys(authorized)
             self.auth = curve.start_authenticator(ctx, curve.KeyRing(allowed, "remote worker"))
             log.info("remote workers: CURVE on, %d worker keys accepted", len(allowed))
         elif not insecure and not is_loopback(endpoint):
@@ -50,41 +97,84 @@ class RemoteSink:
             log.warning("remote workers on %s without CURVE: anyone who reaches it can join",
                         endpoint)
         self.sock = ctx.socket(zmq.PULL)
-        self.sock.linger = 0
+        limit_peer(self.sock, max_message_size)
+        self.sock.backlog = BACKLOG
+        self.sock.heartbeat_ivl = PING_MS
+        self.sock.heartbeat_timeout = 3 * PING_MS
         curve.make_server(self.sock, self.keys)
+        self.monitor = self.sock.get_monitor_socket(MONITORED)
         try:
             self.sock.bind(endpoint)
         except zmq.ZMQError as exc:
             self.close()
             raise RuntimeError("cannot bind the remote workers' endpoint %s: %s" % (endpoint, exc))
         self.endpoint = self.sock.last_endpoint.decode()
+        self.port = int(self.endpoint.rpartition(":")[2])
+
+    @property
+    def curve(self) -> bool:
+        return self.keys is not None
 
     def connect_worker(self, ctx: zmq.Context, endpoint: str, worker_key: bytes) -> zmq.Socket:
         """A PUSH to a remote worker that said HELLO from ``endpoint``."""
         push = ctx.socket(zmq.PUSH)
-        push.linger = 0
+        limit_peer(push, self.max_message_size)
         curve.make_client(push, self.keys, worker_key)
         push.connect(endpoint)
         return push
 
+    def read_monitor(self) -> None:
+        """Count the endpoint's connections; cut those past the limit or the fd reserve."""
+        while self.monitor.getsockopt(wire.EVENTS) & wire.POLLIN:
+            event = parse_monitor_message(wire.recv_frames(self.monitor, wire.NOBLOCK))
+            opened = event["event"] != zmq.EVENT_DISCONNECTED
+            self.connections += 1 if opened else -1
+            if self.fds is not None:
+                (self.fds.opened if opened else self.fds.closed)()
+            if opened and (self.connections > self.max_connections
+                           or (self.fds is not None and self.fds.short())):
+                self.throttled.log(logging.WARNING, "cut", "remote endpoint: %d connections "
+                                   "open (limit %d), or short of files: cutting new ones",
+                                   self.connections, self.max_connections)
+                self._cut(event["value"])
+
+    def _cut(self, fd: int) -> None:
+        """Shut a connection ZeroMQ accepted down; ZeroMQ then closes it as a lost peer.
+        The descriptor is checked to be on this endpoint's port first."""
+        try:
+            sock = socket.socket(fileno=os.dup(fd))
+        except OSError:
+            return
+        with sock:
+            try:
+                if sock.getsockname()[1] == self.port:
+                    sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close(self) -> None:
+        self.monitor.close()
         self.sock.close()
         if self.auth is not None:
             self.auth.stop()
 
 
 class RemoteMember:
-    """A remote worker that has joined."""
+    """A remote worker that said HELLO; it joins once it has answered the WELCOME."""
 
     remote = True
     ready = True
     lifetime = None
 
-    def __init__(self, worker_id: int, pid: int, endpoint: str, push: zmq.Socket, now: float):
+    def __init__(self, worker_id: int, pid: int, endpoint: str, key: bytes,
+                 push: zmq.Socket, now: float):
         self.id = worker_id
         self.pid = pid
         self.endpoint = endpoint
+        self.key = key
         self.push = push
+        self.token = secrets.randbits(64) | 1
+        self.joined = False
         self.heard = self.pinged = now
 
     def __repr__(self) -> str:
@@ -94,38 +184,89 @@ class RemoteMember:
 class RemoteMembers:
     """Who has joined through the remote sink; reports joins and losses like a supervisor."""
 
-    def __init__(self, events: Any, ctx: zmq.Context, sink: RemoteSink, heartbeat: float):
+    def __init__(self, events: Any, ctx: zmq.Context, sink: RemoteSink, heartbeat: float,
+                 max_workers: int = 256, max_reply_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE):
         self.events = events            # worker_ready(member), worker_lost(member, ...)
         self.ctx = ctx
         self.sink = sink
         self.heartbeat = heartbeat
+        self.max_workers = max_workers
+        self.max_reply_size = max_reply_size
         self.members: dict[int, RemoteMember] = {}
+        self.throttled = Throttled(log)
 
-    def hello(self, worker_id: int, pid: int, endpoint: bytes, key: bytes, now: float) -> None:
-        member = self.members.get(worker_id)
-        if member is not None:
-            member.heard = now          # it said HELLO again: it had not heard from us
+    def hello(self, message: wire.Message, user_id: str | None, now: float) -> None:
+        """A HELLO: welcome a newcomer, or refresh one that already said it."""
+        if len(message.frames) != 3 or message.worker_id < REMOTE_ID_MIN:
+            self._refuse("a HELLO without an endpoint, or with a local worker's id")
             return
-        push = self.sink.connect_worker(self.ctx, endpoint.decode(), key)
-        member = RemoteMember(worker_id, pid, endpoint.decode(), push, now)
-        self.members[worker_id] = member
-        log.info("remote %r joined from %s", member, member.endpoint)
-        self.events.worker_ready(member)
-
-    def heard(self, worker_id: int, now: float) -> None:
-        member = self.members.get(worker_id)
+        endpoint = wire.frame_bytes(message.frames[1]).decode()
+        key = wire.frame_bytes(message.frames[2])
+        if self.sink.curve and user_id != key.decode():
+            self._refuse("a HELLO whose key is not the one it authenticated with")
+            return
+        member = self.members.get(message.worker_id)
         if member is not None:
-            member.heard = now
+            if (member.endpoint, member.key) == (endpoint, key):
+                member.heard = now      # it had not heard from us: welcome it again
+                self._welcome(member)
+            else:
+                self._refuse("a HELLO for a joined worker from another endpoint or key")
+            return
+        if len(self.members) >= self.max_workers:
+            self._refuse("a HELLO past max_remote_workers (%d)" % self.max_workers)
+            return
+        self._admit(message.worker_id, message.field, endpoint, key, now)
+
+    def _admit(self, worker_id: int, pid: int, endpoint: str, key: bytes, now: float) -> None:
+        if self.sink.fds is not None and self.sink.fds.short():
+            self._refuse("a HELLO while short of file descriptors (it will say it again)")
+            return
+        try:
+            push = self.sink.connect_worker(self.ctx, endpoint, key)
+        except zmq.ZMQError as exc:
+            self._refuse("a HELLO from %s: %s (it will say it again)" % (endpoint, exc))
+            return
+        member = RemoteMember(worker_id, pid, endpoint, key, push, now)
+        self.members[worker_id] = member
+        self._welcome(member)
+
+    def _welcome(self, member: RemoteMember) -> None:
+        try:
+            wire.send_frames(member.push, wire.encode_welcome(member.token, self.max_reply_size),
+                             wire.NOBLOCK)
+        except zmq.Again:
+            pass
+
+    def _refuse(self, what: str) -> None:
+        self.throttled.log(logging.WARNING, "refused", "remote endpoint: ignored %s", what)
+
+    def authentic(self, message: wire.Message, user_id: str | None, now: float) -> bool:
+        """Whether ``message`` comes from the joined (or joining) worker it names. The first
+        one from a member that said HELLO completes its join."""
+        member = self.members.get(message.worker_id)
+        if member is None or member.token != message.token:
+            return False
+        if self.sink.curve and user_id != member.key.decode():
+            return False
+        member.heard = now
+        if not member.joined:
+            member.joined = True
+            log.info("remote %r joined from %s", member, member.endpoint)
+            self.events.worker_ready(member)
+        return True
 
     def check(self, now: float) -> None:
         """Ping members; drop those silent for ``MISSED_BEATS`` heartbeats."""
         for member in list(self.members.values()):
             if now - member.heard > wire.MISSED_BEATS * self.heartbeat:
                 del self.members[member.id]
-                cause = "missed %d heartbeats (%.1f s)" % (wire.MISSED_BEATS, now - member.heard)
-                self.events.worker_lost(member, cause, "heartbeat", None)
+                if member.joined:
+                    cause = "missed %d heartbeats (%.1f s)" % (wire.MISSED_BEATS,
+                                                              now - member.heard)
+                    self.events.worker_lost(member, cause, "heartbeat", None)
                 member.push.close()
-            elif now - member.pinged >= self.heartbeat:
+            elif member.joined and now - member.pinged >= self.heartbeat:
                 member.pinged = now
                 try:
                     wire.send_batch(member.push, [], [])       # an empty batch: a ping
@@ -133,4 +274,4 @@ class RemoteMembers:
                     pass
 
     def ready_count(self) -> int:
-        return len(self.members)
+        return sum(1 for member in self.members.values() if member.joined)

@@ -116,6 +116,12 @@ SETTINGS: tuple[Setting, ...] = (
     S("read_timeout", 10.0, seconds,
       "drop a client that has not sent its whole frame within S seconds",
       ("--read-timeout",), "S"),
+    S("write_timeout", 30.0, seconds, "reset a client that has not taken its whole reply within "
+      "S seconds", ("--write-timeout",), "S"),
+    S("max_reply_size", None, size, "a larger reply fails its request (default: "
+      "max-message-size)", ("--max-reply-size",), "BYTES"),
+    S("buffer_limit", None, size, "bytes held for requests and replies at most; past it, "
+      "request bodies wait (default: a quarter of memory)", ("--buffer-limit",), "BYTES"),
     S("graceful_timeout", 30.0, seconds,
       "on stop, how long to finish the requests already received", ("--graceful-timeout",), "S"),
     S("max_connections", 10000, int,
@@ -139,6 +145,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("insecure_remote", False, flag,
       "allow remote workers without CURVE on a non-loopback address",
       ("--insecure-remote-workers",)),
+    S("max_remote_workers", 256, int, "remote workers that may join at most",
+      ("--max-remote-workers",), "N"),
     S("heartbeat", 1.0, float,
       "remote worker heartbeat; 3 missed ones mean it is gone", ("--heartbeat",), "S"),
     S("window", 8, int, "requests a worker may hold while it runs quick ones"),

@@ -2,7 +2,16 @@
 
 Every sink is read from an io watcher on its ZeroMQ FD, with raw pyzmq sockets: no
 zmq.green wrapper on the hot path. ZeroMQ's FD is edge-triggered, so each wake-up drains
-the socket. Each message is validated (``wire.decode``) before anything acts on it.
+the socket, and an error while draining is logged and followed by another look. A wake-up
+reads at most ``READS_PER_WAKEUP`` messages and leaves the rest for a callback, so a flood
+on the remote sink cannot keep the loop from its clients. Each
+message is validated (``wire.decode``) before anything acts on it; a malformed one is
+reported as dropped, and nothing a peer sends stops a sink from being read.
+
+The producer binds no ipc endpoint: each local worker binds its own (requests in, answers
+out), and the producer connects to them, its sink included, from the moment the worker is
+spawned (ZeroMQ retries until the worker has bound). A connection that fails
+for want of file descriptors is retried by ZeroMQ; an ipc listener would abort the process.
 """
 
 from __future__ import annotations
@@ -14,64 +23,97 @@ import zmq
 
 from . import wire
 from .dispatch import Full
-from .remote import RemoteSink
-from .worker import sink_endpoint, worker_endpoint
+from .fds import FdReserve
+from .guard import errors, guarded
+from .remote import HEADROOM, RemoteSink
+from .worker import reply_endpoint, worker_endpoint
 
 log = logging.getLogger("gaspar2")
 
 Send = Callable[[list[Any], int, int], None]
+RECONNECT_MS = 10           # the sink's retry while a new worker has not bound yet
+RETRY_READ = 0.01           # after an error while draining a sink, look again this soon
+READS_PER_WAKEUP = 256      # messages read from a sink before the loop sees to the rest
 
 
 class TransportEvents(Protocol):
-    def message(self, message: wire.Message, local: bool) -> None:
-        """A valid message from a worker, on the local sink or the remote one."""
+    def message(self, message: wire.Message, local: bool, user_id: str | None) -> None:
+        """A well-formed message on the local sink or the remote one; ``user_id`` is the
+        CURVE key its connection authenticated with (remote, CURVE on), else None."""
+
+    def message_dropped(self, reason: str, detail: str) -> None:
+        """A message was dropped before anything acted on it."""
 
     def messages_read(self) -> None:
         """A sink was drained: act on what it brought."""
 
 
 class Transport:
-    def __init__(self, loop: Any, events: TransportEvents, ipc_dir: str):
+    def __init__(self, loop: Any, events: TransportEvents, ipc_dir: str,
+                 max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE):
         self.loop = loop
         self.events = events
         self.ipc_dir = ipc_dir
+        self.max_message_size = max_message_size
         self.ctx = zmq.Context()
         self.watchers: list[Any] = []
         self.pushes: dict[int, zmq.Socket] = {}    # local worker id -> its PUSH socket
         self.remote: RemoteSink | None = None
-        self.sink = self._watch(self.ctx.socket(zmq.PULL))
-        self.sink.bind(sink_endpoint(ipc_dir))
+        self.sink = self.ctx.socket(zmq.PULL)
+        self.sink.reconnect_ivl = RECONNECT_MS
+        self.sink.maxmsgsize = max_message_size + HEADROOM
+        self._watch(self.sink, self._on_sink)
 
     def open_remote(self, endpoint: str, secret_key: str | None, authorized: str | None,
-                    insecure: bool) -> RemoteSink:
-        self.remote = RemoteSink(self.ctx, endpoint, secret_key, authorized, insecure)
-        self._watch(self.remote.sock)
+                    insecure: bool, max_workers: int, fds: FdReserve) -> RemoteSink:
+        self.remote = RemoteSink(self.ctx, endpoint, secret_key, authorized, insecure,
+                                 self.max_message_size, max_workers, fds)
+        self._watch(self.remote.sock, self._on_sink)
+        self._watch(self.remote.monitor, guarded(lambda sock: self.remote.read_monitor()))
         return self.remote
 
-    def _watch(self, sock: zmq.Socket) -> zmq.Socket:
+    def _watch(self, sock: zmq.Socket, callback: Callable[[zmq.Socket], None]) -> None:
         sock.linger = 0
         watcher = self.loop.io(sock.FD, 1)
-        watcher.start(self._on_sink, sock)
+        watcher.start(callback, sock)
         self.watchers.append(watcher)
-        return sock
+        # The FD signals a change only once the socket has been looked at: look once.
+        self.loop.run_callback(callback, sock)
 
     # -- out ---------------------------------------------------------------------------------
 
+    def listen_local(self, worker_id: int) -> None:
+        """Point the sink at a local worker's endpoint, before the worker binds it."""
+        self.sink.connect(reply_endpoint(self.ipc_dir, worker_id))
+
     def connect_local(self, worker_id: int) -> Send:
-        push = self.pushes[worker_id] = self.ctx.socket(zmq.PUSH)
+        """A PUSH to a ready local worker; raises zmq.ZMQError when no file is left for it."""
+        push = self.ctx.socket(zmq.PUSH)
         push.linger = 0
         push.connect(worker_endpoint(self.ipc_dir, worker_id))
+        self.pushes[worker_id] = push
         return sender(push)
 
     def disconnect(self, worker_id: int) -> None:
         push = self.pushes.pop(worker_id, None)
         if push is not None:
             push.close()
+        try:
+            self.sink.disconnect(reply_endpoint(self.ipc_dir, worker_id))
+        except zmq.ZMQError:
+            pass                    # a remote worker's id, or already gone
 
     # -- in ----------------------------------------------------------------------------------
 
+    @guarded
     def _on_sink(self, sock: zmq.Socket) -> None:
-        self._read(sock)
+        try:
+            if not self._read(sock, READS_PER_WAKEUP):
+                self.loop.run_callback(self._on_sink, sock)     # more is waiting
+        except Exception:
+            errors.log(logging.ERROR, "sink", "error reading a sink, reading on", exc_info=True)
+            timer = self.loop.timer(RETRY_READ)
+            timer.start(self._on_sink, sock)
         self.events.messages_read()
 
     def read_all(self) -> None:
@@ -80,17 +122,27 @@ class Transport:
         if self.remote is not None:
             self._read(self.remote.sock)
 
-    def _read(self, sock: zmq.Socket) -> None:
+    def _read(self, sock: zmq.Socket, most: int = -1) -> bool:
+        """Read up to ``most`` messages (all, if negative); True once the sink is drained."""
         local = sock is self.sink
+        curve = not local and self.remote is not None and self.remote.curve
         while sock.getsockopt(wire.EVENTS) & wire.POLLIN:
+            if most == 0:
+                return False
+            most -= 1
             frames = wire.recv_frames(sock, wire.NOBLOCK)
             try:
                 message = wire.decode(frames)
             except wire.BadMessage as exc:
-                log.warning("dropped a message on the %s sink: %s",
-                            "local" if local else "remote", exc)
+                self.events.message_dropped(
+                    "malformed", "%s sink: %s" % ("local" if local else "remote", exc))
                 continue
-            self.events.message(message, local)
+            try:
+                self.events.message(message, local, frames[0].get("User-Id") if curve else None)
+            except Exception:
+                errors.log(logging.ERROR, "message", "error acting on a %r message, going on",
+                           message.kind, exc_info=True)
+        return True
 
     def close(self) -> None:
         for watcher in self.watchers:
@@ -98,6 +150,22 @@ class Transport:
         if self.remote is not None:
             self.remote.close()
         self.ctx.destroy(linger=0)
+
+
+class Announcing:
+    """The fork server as the supervisor uses it, telling the transport of each spawn
+    first, so that the sink is connecting to the worker's endpoints before it exists."""
+
+    def __init__(self, forkserver: Any, transport: Transport):
+        self.forkserver = forkserver
+        self.transport = transport
+
+    def spawn(self, worker_id: int, slot: int) -> None:
+        self.transport.listen_local(worker_id)
+        self.forkserver.spawn(worker_id, slot)
+
+    def kill(self, worker_id: int, signum: int) -> None:
+        self.forkserver.kill(worker_id, signum)
 
 
 def sender(push: zmq.Socket) -> Send:

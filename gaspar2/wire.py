@@ -8,17 +8,22 @@ Client frame: a 4-byte unsigned length in network byte order, then that many pay
 
 Producer -> worker, one ZeroMQ multipart message per batch: ``[head, payload, payload, ...]``
 where ``head`` packs the epoch and the first sequence number the batch is sent with (see
-progress.py), then one unsigned 64-bit request id per payload.
+progress.py), then one unsigned 64-bit request id per payload. A control message has a
+one-byte first frame instead (a batch head is 16 + 8n bytes): ``WELCOME`` answers a remote
+worker's HELLO.
 
-Worker -> producer, on a sink: ``[head, body...]``; the head starts with the kind (one byte)
-and the sending worker's id, then the kind's own fields (see ``HEADS``).
+Worker -> producer, on a sink: ``[head, body...]``; the head starts with the kind (one byte),
+the sending worker's id and its token (what proves it is that worker, see pipeline.py),
+then the kind's own fields (see ``HEADS``).
 """
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
-from typing import NamedTuple
+import termios
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -26,20 +31,27 @@ HEADER = struct.Struct("!I")
 MAX_LENGTH = 2**32 - 1
 DEFAULT_MAX_MESSAGE_SIZE = 64 * 2**20
 
-# Worker -> producer message kinds (the first byte of the head).
-HELLO = b"H"      # fields: worker id, pid. The worker is connected both ways and ready.
-                  # A remote worker adds two frames: the endpoint it listens on, its key.
-HEARTBEAT = b"P"  # fields: worker id. A remote worker is alive.
-REPLY = b"R"      # fields: worker id, request id; frame 2 is the reply body.
-ERROR = b"E"      # fields: worker id, request id; frame 2 is the handler's traceback, UTF-8.
+# Worker -> producer message kinds (the first byte of the head). Every head names the
+# sending worker and carries its token: (kind, worker id, token, fields...).
+HELLO = b"H"      # fields: pid. The worker is connected both ways and ready. A remote worker
+                  # adds two frames: the endpoint it listens on, its public key (or empty).
+HEARTBEAT = b"P"  # no fields. A remote worker is alive.
+REPLY = b"R"      # fields: request id; frame 2 is the reply body.
+ERROR = b"E"      # fields: request id; frame 2 is the handler's traceback, UTF-8.
 
 HEADS = {
-    HELLO: struct.Struct("!cQI"),
-    HEARTBEAT: struct.Struct("!cQ"),
-    REPLY: struct.Struct("!cQQ"),
-    ERROR: struct.Struct("!cQQ"),
+    HELLO: struct.Struct("!cQQI"),
+    HEARTBEAT: struct.Struct("!cQQ"),
+    REPLY: struct.Struct("!cQQQ"),
+    ERROR: struct.Struct("!cQQQ"),
 }
 FRAME_COUNTS = {HELLO: (1, 3), HEARTBEAT: (1,), REPLY: (2,), ERROR: (2,)}
+MAX_ENDPOINT = 255          # bytes of a remote worker's tcp:// endpoint
+KEY_SIZES = (0, 40)         # a remote worker's public key: none, or Z85 text
+
+# Producer -> worker control messages: [kind, body].
+WELCOME = b"W"              # body: the worker's token, the largest reply it may send
+WELCOME_BODY = struct.Struct("!QQ")
 
 MISSED_BEATS = 3    # a remote worker silent for this many heartbeat intervals is gone
 
@@ -91,37 +103,89 @@ def pack(message: bytes | bytearray | memoryview | str) -> bytes:
 # Safe to share: each read is copied out before the next one.
 _SCRATCH = bytearray(64 * 1024)
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+READ_SLICE = 1 << 20            # payload bytes read per wake-up, at most, after the first read
+FIRST_CAPACITY = 4096           # a buffer's least size, and least growth (up to the length)
+GROWTH_MAX = 16 << 20           # a buffer grows by at most this much at once
+_INT = struct.Struct("i")
+_ZEROS = bytes(GROWTH_MAX)      # what a buffer grows by; never written, so it costs no memory
+
+
+def available(sock: Any) -> int:
+    """Bytes the kernel holds for ``sock``, received and not read yet (0 if unknown)."""
+    try:
+        return int(_INT.unpack(fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0])
+    except (OSError, AttributeError, ValueError):
+        return 0
 
 
 class FrameReader:
-    """Reads one frame from a socket across as many wake-ups as it takes, never blocking."""
+    """Reads one frame from a socket across as many wake-ups as it takes, never blocking.
 
-    __slots__ = ("max_size", "header", "got", "payload")
+    The payload's buffer grows as its bytes arrive: to hold what the kernel has received for
+    the socket (to the whole frame once half of it is in), and never ahead of that by more
+    than an eighth of what it holds (or ``FIRST_CAPACITY``). An announced length costs
+    nothing until its bytes come, and a frame that is mostly there takes one allocation.
+    ``capacity`` is what the reader holds now: at most twice the bytes received, or
+    ``FIRST_CAPACITY``.
+    """
+
+    __slots__ = ("max_size", "header", "length", "got", "buffer", "payload")
 
     def __init__(self, max_size: int):
         self.max_size = max_size
         self.header = b""
+        self.length = -1            # unknown until the header is whole
         self.got = 0
+        self.buffer: bytearray | None = None
         self.payload: bytes | bytearray | None = None
 
-    def read_from(self, sock: socket.socket) -> bool:
-        """Read what is there; True once the frame is complete.
+    @property
+    def capacity(self) -> int:
+        if self.buffer is not None:
+            return len(self.buffer)
+        return len(self.payload) if self.payload is not None else len(self.header)
 
-        Reads until the socket would block, so a large frame takes few wake-ups. Raises
-        FrameError on an oversized length, bytes past the frame or an early EOF, and lets
-        BlockingIOError (nothing to read yet) and other OSErrors through.
+    def read_from(self, sock: socket.socket, allowance: int = READ_SLICE) -> bool:
+        """Read what is there, at most ``allowance`` payload bytes past the first read;
+        True once the frame is complete.
+
+        Raises FrameError on an oversized length, bytes past the frame or an early EOF, and
+        lets BlockingIOError (nothing to read yet) and other OSErrors through.
         """
-        if self.payload is None and not self._read_header(sock):
+        if self.length < 0 and not self._read_header(sock):
             return False
-        assert self.payload is not None
-        view = memoryview(self.payload)
-        size = len(self.payload)
-        while self.got < size:
-            n = sock.recv_into(view[self.got:], 0, _DONTWAIT)
+        if self.buffer is not None:
+            self._read_body(sock, allowance, self.length)
+            if self.got == self.length:
+                self.payload, self.buffer = self.buffer, None
+        return self.payload is not None
+
+    def _read_body(self, sock: socket.socket, allowance: int, target: int) -> None:
+        """Read until ``target`` payload bytes are in, or ``allowance`` more, growing the
+        buffer as the bytes come."""
+        buffer = self.buffer
+        assert buffer is not None
+        while self.got < target and allowance > 0:
+            if self.got == len(buffer):
+                self._grow(sock)
+            end = min(len(buffer), self.got + allowance, target)
+            with memoryview(buffer) as view:
+                n = sock.recv_into(view[self.got:end], 0, _DONTWAIT)
             if not n:
-                raise FrameError(FrameError.CLOSED, self.got, size)
+                raise FrameError(FrameError.CLOSED, self.got, self.length)
             self.got += n
-        return True
+            allowance -= n
+
+    def _grow(self, sock: Any) -> None:
+        assert self.buffer is not None
+        size = len(self.buffer)
+        wanted = self._wanted(self.got + max(available(sock), size >> 3, FIRST_CAPACITY))
+        with memoryview(_ZEROS) as zeros:
+            self.buffer.extend(zeros[:min(wanted - size, GROWTH_MAX)])
+
+    def _wanted(self, size: int) -> int:
+        """A buffer's size for ``size`` bytes in hand: the whole frame once that is half."""
+        return self.length if 2 * size >= self.length else size
 
     def _read_header(self, sock: socket.socket) -> bool:
         n = sock.recv_into(_SCRATCH, 0, _DONTWAIT)
@@ -137,12 +201,13 @@ class FrameReader:
         body = len(data) - HEADER.size
         if body > length:
             raise FrameError(FrameError.TRAILING, body - length)
+        self.length, self.got, self.header = length, body, b""
         if body == length:
             self.payload = bytes(data[HEADER.size:])
         else:
-            self.payload = bytearray(length)
-            self.payload[:body] = data[HEADER.size:]
-        self.got = body
+            held = self._wanted(max(body + available(sock), FIRST_CAPACITY))
+            self.buffer = bytearray(min(held, body + GROWTH_MAX))
+            self.buffer[:body] = data[HEADER.size:]
         return True
 
 
@@ -210,18 +275,25 @@ class Message(NamedTuple):
 
     kind: bytes
     worker_id: int
+    token: int
     field: int
     frames: list
 
 
-def encode_head(kind: bytes, worker_id: int, field: int | None = None) -> bytes:
+def encode_head(kind: bytes, worker_id: int, token: int, field: int | None = None) -> bytes:
     head = HEADS[kind]
-    return head.pack(kind, worker_id) if field is None else head.pack(kind, worker_id, field)
+    if field is None:
+        return head.pack(kind, worker_id, token)
+    return head.pack(kind, worker_id, token, field)
+
+
+def frame_bytes(frame: zmq.Frame | bytes) -> bytes:
+    return frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
 
 
 def decode(frames: list) -> Message:
     """Validate and decode one message from a sink; BadMessage says what is wrong."""
-    head = frames[0].bytes if isinstance(frames[0], zmq.Frame) else bytes(frames[0])
+    head = frame_bytes(frames[0])
     kind = head[:1]
     layout = HEADS.get(kind)
     if layout is None:
@@ -230,8 +302,39 @@ def decode(frames: list) -> Message:
         raise BadMessage("a %r head of %d bytes, not %d" % (kind, len(head), layout.size))
     if len(frames) not in FRAME_COUNTS[kind]:
         raise BadMessage("a %r message of %d frames" % (kind, len(frames)))
+    if kind == HELLO and len(frames) == 3:
+        check_hello(frame_bytes(frames[1]), frame_bytes(frames[2]))
     fields = layout.unpack(head)
-    return Message(kind, fields[1], fields[2] if len(fields) > 2 else 0, frames)
+    return Message(kind, fields[1], fields[2], fields[3] if len(fields) > 3 else 0, frames)
+
+
+def check_hello(endpoint: bytes, key: bytes) -> None:
+    """A remote worker's endpoint is ``tcp://HOST:PORT`` in ASCII; its key empty or Z85."""
+    if (len(endpoint) > MAX_ENDPOINT or not endpoint.startswith(b"tcp://")
+            or not endpoint.isascii() or not endpoint.rpartition(b":")[2].isdigit()):
+        raise BadMessage("a HELLO with the endpoint %r" % endpoint[:64])
+    if len(key) not in KEY_SIZES or not key.isascii():
+        raise BadMessage("a HELLO with a key of %d bytes" % len(key))
+
+
+def encode_welcome(token: int, max_reply_size: int) -> list[bytes]:
+    return [WELCOME, WELCOME_BODY.pack(token, max_reply_size)]
+
+
+def is_control(frames: list) -> bool:
+    """A producer -> worker control message, not a batch (whose head is 16 + 8n bytes)."""
+    return len(frame_bytes(frames[0])) == 1
+
+
+def decode_welcome(frames: list) -> tuple[int, int]:
+    """(token, max reply size) from a WELCOME."""
+    if len(frames) != 2 or frame_bytes(frames[0]) != WELCOME:
+        raise BadMessage("not a welcome")
+    body = frame_bytes(frames[1])
+    if len(body) != WELCOME_BODY.size:
+        raise BadMessage("a welcome of %d bytes" % len(body))
+    token, max_reply_size = WELCOME_BODY.unpack(body)
+    return token, max_reply_size
 
 
 # -- the fork server's control channel -------------------------------------------------------

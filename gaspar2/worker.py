@@ -1,8 +1,12 @@
 """The worker process: plain blocking code that runs the handler, one request at a time.
 
-A worker binds its own PULL endpoint, connects a PUSH to the producer's sink and says HELLO;
-the producer then connects a PUSH of its own to that endpoint, so nothing is sent to a worker
-before it exists (no slow joiner) and nothing meant for a dead worker can reach its successor.
+A local worker binds its own endpoints, a PULL for requests and a PUSH for its answers; the
+producer's sink connects to the PUSH from the moment the worker is spawned, and the worker
+says HELLO on it. The producer then connects a PUSH of its own to the PULL, so nothing is
+sent to a worker before it exists (no slow joiner) and nothing meant for a dead worker can
+reach its successor. Every message names the worker and carries its token, which local
+workers inherit from the producer. A reply larger than ``max_reply_size`` is not sent: the
+request fails instead.
 
 The producer may hand a worker a few requests at once to hide the round trip. The worker
 claims each before it runs it, and publishes in its progress slot what it runs and since
@@ -19,7 +23,7 @@ import os
 import signal
 import time
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
 import zmq
 
@@ -33,10 +37,12 @@ from .supervisor import EXIT_SETUP_FAILED
 log = logging.getLogger("gaspar2.worker")
 
 PARENT_CHECK_MS = 500           # an idle worker checks on its parent this often
+MAX_TRACEBACK = 32 * 1024       # bytes of a handler's traceback sent to the producer
 
 
-def sink_endpoint(ipc_dir: str) -> str:
-    return "ipc://%s/sink" % ipc_dir
+def reply_endpoint(ipc_dir: str, worker_id: int) -> str:
+    """Where a local worker's PUSH binds: the producer's sink connects to it."""
+    return "ipc://%s/r%d" % (ipc_dir, worker_id)
 
 
 def worker_endpoint(ipc_dir: str, worker_id: int) -> str:
@@ -48,18 +54,21 @@ class LocalWorkers:
     each new worker process (see forkserver.RunWorker)."""
 
     def __init__(self, make_consumer: Callable[[], Consumer], name: str, ipc_dir: str,
-                 progress: ProgressTable, slow_min: float):
+                 progress: ProgressTable, slow_min: float, token: int = 0,
+                 max_reply_size: int | None = None):
         self.make_consumer = make_consumer
         self.name = name
         self.ipc_dir = ipc_dir
         self.progress = progress
         self.slow_min = slow_min
+        self.token = token
+        self.max_reply_size = max_reply_size
 
     def __call__(self, worker_id: int, slot: int, parent: int) -> int:
         prepare_process("gaspar2 worker %d %s" % (worker_id, self.name))
         worker = Worker(self.make_consumer, worker_id, worker_endpoint(self.ipc_dir, worker_id),
-                        sink_endpoint(self.ipc_dir), parent, self.slow_min,
-                        self.progress, slot)
+                        reply_endpoint(self.ipc_dir, worker_id), parent, self.slow_min,
+                        self.progress, slot, self.token, self.max_reply_size)
         worker.report_dir = self.ipc_dir
         return worker.run()
 
@@ -67,9 +76,12 @@ class LocalWorkers:
 class Worker:
     def __init__(self, make_consumer: Callable[[], Consumer], worker_id: int,
                  endpoint: str | None, sink: str, parent_pid: int, slow_min: float,
-                 progress: ProgressTable, slot: int):
+                 progress: ProgressTable, slot: int, token: int = 0,
+                 max_reply_size: int | None = None):
         self.make_consumer = make_consumer
         self.id = worker_id
+        self.token = token              # proves to the producer that a message is ours
+        self.max_reply_size = max_reply_size
         self.progress = progress        # shared with the producer: what this worker runs
         self.slot = slot
         self.endpoint = endpoint
@@ -107,8 +119,11 @@ class Worker:
         self.pull = ctx.socket(zmq.PULL)
         self.pull.bind(self.endpoint)
         self.push = ctx.socket(zmq.PUSH)
-        self.push.connect(self.sink)
-        self.push.send(wire.encode_head(wire.HELLO, self.id, os.getpid()))
+        self.push.bind(self.sink)
+        self.push.send(self._head(wire.HELLO, os.getpid()))    # once the producer connects
+
+    def _head(self, kind: bytes, field: int | None = None) -> bytes:
+        return wire.encode_head(kind, self.id, self.token, field)
 
     def _serve(self) -> None:
         self.pull.rcvtimeo = PARENT_CHECK_MS      # an idle worker's wait, see _next_job
@@ -148,22 +163,40 @@ class Worker:
         self.progress.beat(self.slot, now)
         if frames is not None:
             self.contact = now
-            self.queue.extend(wire.decode_batch(frames))
+            if wire.is_control(frames):
+                self._control(frames)
+            else:
+                self.queue.extend(wire.decode_batch(frames))
+
+    def _control(self, frames: list[Any]) -> None:
+        """A control message from the producer (remote workers act on them)."""
 
     def _run(self, request_id: int, payload: zmq.Frame, began: float) -> None:
         try:
             body = reply_bytes(self.consumer.handle(payload.bytes))
         except BaseException:       # SystemExit, KeyboardInterrupt: fail the request alone
-            text = "worker %d (pid %d):\n%s" % (self.id, os.getpid(), traceback.format_exc())
-            self.push.send(wire.encode_head(wire.ERROR, self.id, request_id), wire.SNDMORE)
-            self.push.send(text.encode())
+            self._fail(request_id, traceback.format_exc())
         else:
-            self.push.send(wire.encode_head(wire.REPLY, self.id, request_id), wire.SNDMORE)
-            self.push.send(body, 0, copy=len(body) < wire.ZERO_COPY_MIN)
+            self._reply(request_id, body)
         done = time.monotonic()
         # A slow request counts no more than the threshold, so one cannot inflate it.
         self.typical += (min(done - began, self._slow_after()) - self.typical) * 0.2
         self.progress.done(self.slot, self._slow_after(), done)
+
+    def _reply(self, request_id: int, body: bytes | bytearray | memoryview) -> None:
+        size = body.nbytes if isinstance(body, memoryview) else len(body)
+        if self.max_reply_size is not None and size > self.max_reply_size:
+            text = "a reply of %d bytes, over max_reply_size %d" % (size, self.max_reply_size)
+            log.warning("worker %d: request failed: %s", self.id, text)
+            self._fail(request_id, text)
+            return
+        self.push.send(self._head(wire.REPLY, request_id), wire.SNDMORE)
+        self.push.send(body, 0, copy=size < wire.ZERO_COPY_MIN)
+
+    def _fail(self, request_id: int, text: str) -> None:
+        text = "worker %d (pid %d):\n%s" % (self.id, os.getpid(), text)
+        self.push.send(self._head(wire.ERROR, request_id), wire.SNDMORE)
+        self.push.send(text.encode("utf-8", "replace")[-MAX_TRACEBACK:])
 
     def _slow_after(self) -> float:
         """Longer than this is slow: what this worker holds behind it goes to others."""

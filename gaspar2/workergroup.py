@@ -1,9 +1,12 @@
 """``gaspar2 worker``: a group of workers on another machine, joining a producer over TCP.
 
 Each remote worker binds a PULL on a TCP port of its own, connects a PUSH to the producer's
-remote sink and says HELLO with its address and public key. It sends a heartbeat every
-interval and says HELLO again after ``MISSED_BEATS`` intervals without a word from the
-producer, so it rejoins a producer that restarts. The group leader keeps the wanted number
+remote sink and says HELLO with its address and public key. The producer answers with a
+WELCOME on the worker's PULL, carrying the token that every later message of the worker
+carries, and the largest reply it may send; the worker answers at once with a heartbeat,
+which completes its join. It sends a heartbeat every interval and says HELLO again after
+``MISSED_BEATS`` intervals without a word from the producer, so it rejoins a producer that
+restarts. The group leader keeps the wanted number
 of workers running, with the same back-off as local supervision.
 """
 
@@ -24,10 +27,12 @@ from . import curve, wire
 from .consumer import Consumer, as_consumer
 from .procutil import Backoff, die_with_parent, original
 from .progress import ProgressTable
+from .remote import REMOTE_ID_MIN, limit_peer
 from .worker import Worker, prepare_process
 
 log = logging.getLogger("gaspar2.remote")
-START_THREAD, SLEEP = original("_thread", "start_new_thread"), original("time", "sleep")
+START_THREAD = original("_thread", "start_new_thread")
+ALLOCATE_LOCK = original("_thread", "allocate_lock")
 # The leader cannot see whether a worker became ready (its HELLO goes to the producer): one
 # that dies within this many seconds of its start is taken for one that cannot start.
 YOUNG = 1.0
@@ -38,11 +43,15 @@ class RemoteWorker(Worker):
 
     def __init__(self, make_consumer: Callable[[], Consumer], connect: str, listen_host: str,
                  advertise_host: str, keys: tuple[bytes, bytes] | None,
-                 server_key: bytes | None, heartbeat: float, parent_pid: int):
+                 server_key: bytes | None, heartbeat: float, parent_pid: int,
+                 max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE):
         # It holds one request at a time, so its own progress slot is private to it.
         progress = ProgressTable(1)
-        super().__init__(make_consumer, random.getrandbits(63), None, connect, parent_pid,
-                         slow_min=3600.0, progress=progress, slot=progress.allocate())
+        super().__init__(make_consumer, random.randrange(REMOTE_ID_MIN, 2**63), None, connect,
+                         parent_pid, slow_min=3600.0, progress=progress, slot=progress.allocate())
+        self.max_message_size = max_message_size
+        self.welcomed = ALLOCATE_LOCK()     # released when a WELCOME comes: beat at once
+        self.welcomed.acquire()
         self.listen_host = listen_host
         self.advertise_host = advertise_host
         self.keys = keys                  # (public, secret) of this worker, or None
@@ -51,6 +60,7 @@ class RemoteWorker(Worker):
 
     def _connect(self, ctx: zmq.Context) -> None:
         self.pull = ctx.socket(zmq.PULL)
+        limit_peer(self.pull, self.max_message_size)
         if self.keys is not None:
             assert self.server_key is not None
             self.auth = curve.start_authenticator(ctx, curve.KeyRing([self.server_key], "producer"))
@@ -63,13 +73,26 @@ class RemoteWorker(Worker):
 
     def _pusher(self, ctx: zmq.Context) -> zmq.Socket:
         push = ctx.socket(zmq.PUSH)
+        limit_peer(push, self.max_message_size)
         push.linger = 1000
         curve.make_client(push, self.keys, self.server_key)
         push.connect(self.sink)
         return push
 
+    def _control(self, frames: list) -> None:
+        """The producer's WELCOME: the token to carry from now on, and the reply limit."""
+        try:
+            self.token, self.max_reply_size = wire.decode_welcome(frames)
+        except wire.BadMessage as exc:
+            log.warning("remote worker: ignored a control message: %s", exc)
+            return
+        try:
+            self.welcomed.release()
+        except RuntimeError:
+            pass                # released already: the heartbeat has not gone out yet
+
     def _hello(self) -> None:
-        head = wire.encode_head(wire.HELLO, self.id, os.getpid())
+        head = self._head(wire.HELLO, os.getpid())
         public = self.keys[0] if self.keys is not None else b""
         assert self.endpoint is not None
         self.watch_push.send_multipart([head, self.endpoint.encode(), public])
@@ -79,11 +102,11 @@ class RemoteWorker(Worker):
         super()._serve()
 
     def _beat(self) -> None:
-        """Heartbeats out; HELLO again whenever the producer has been silent too long."""
-        beat = wire.encode_head(wire.HEARTBEAT, self.id)
+        """Heartbeats out (one at once after a WELCOME); HELLO again whenever the producer
+        has been silent too long."""
         while True:
-            SLEEP(self.heartbeat)
-            self.watch_push.send(beat)
+            self.welcomed.acquire(True, self.heartbeat)
+            self.watch_push.send(self._head(wire.HEARTBEAT))
             if time.monotonic() - self.contact > wire.MISSED_BEATS * self.heartbeat:
                 self._hello()
 
@@ -173,7 +196,8 @@ class WorkerGroup:
 
 def serve_group(spec: str, connect: str, workers: int, listen_host: str,
                 advertise_host: str | None, secret_key_file: str | None,
-                server_key_file: str | None, heartbeat: float) -> int:
+                server_key_file: str | None, heartbeat: float,
+                max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE) -> int:
     """Keep ``workers`` remote worker processes running for the producer at ``connect``."""
     keys = curve.load_secret(secret_key_file) if secret_key_file else None
     server_key = curve.load_public_keys(server_key_file)[0] if server_key_file else None
@@ -181,7 +205,7 @@ def serve_group(spec: str, connect: str, workers: int, listen_host: str,
 
     def make_worker(leader: int) -> RemoteWorker:
         return RemoteWorker(lambda: as_consumer(spec), connect, listen_host, advertise,
-                            keys, server_key, heartbeat, leader)
+                            keys, server_key, heartbeat, leader, max_message_size)
 
     log.info("joining %s", connect)
     return WorkerGroup(spec, workers, make_worker).run()

@@ -20,9 +20,10 @@ def work(message):
 
     ``pid`` / ``pid:SECONDS``: sleep, then reply with this worker's pid.
     ``mark:PATH:SECONDS``: write the pid to PATH (the test sees the request running),
-    sleep, reply with the pid. ``exit``: die at once. ``fail``: raise. ``bad``: return an
-    int. ``env:NAME``: the worker's environment variable NAME, or ``-``. Anything else is
-    echoed.
+    sleep, reply with the pid. ``count:PATH:TEXT``: append a line to PATH (one per run),
+    reply TEXT. ``big:N``: reply N bytes. ``exit``: die at once. ``fail``: raise. ``bad``:
+    return an int. ``env:NAME``: the worker's environment variable NAME, or ``-``. Anything
+    else is echoed.
     """
     command, _, arg = message.partition(b":")
     if command == b"env":
@@ -36,6 +37,13 @@ def work(message):
             f.write(str(os.getpid()))
         time.sleep(float(seconds))
         return str(os.getpid())
+    if command == b"count":
+        path, _, text = arg.partition(b":")
+        with open(path, "a") as f:
+            f.write("%d\n" % os.getpid())
+        return text
+    if command == b"big":
+        return b"x" * int(arg)
     if command == b"exit":
         os._exit(7)
     if command == b"sysexit":

@@ -27,7 +27,8 @@ def free_port():
 @pytest.fixture(scope="module")
 def keys(tmp_path_factory):
     root = tmp_path_factory.mktemp("keys")
-    for directory, name in ((root, "producer"), (root / "workers", "w1"), (root / "rogue", "r1")):
+    for directory, name in ((root, "producer"), (root / "workers", "w1"), (root / "workers", "w2"),
+                              (root / "rogue", "r1")):
         subprocess.run([sys.executable, "-m", "gaspar2", "keys", str(directory), name],
                        check=True, capture_output=True)
     return root
@@ -40,8 +41,9 @@ class Group:
         self.log_path = log_path
         self.log_file = open(log_path, "wb")
         cmd = [sys.executable, "-m", "gaspar2", "worker", "tests.handlers:work", "--connect", endpoint,
-               "--workers", str(workers), "--listen", "127.0.0.1", "--heartbeat", HEARTBEAT,
-               "--curve-secret-key", str(key), "--curve-server-key", str(server_key)]
+               "--workers", str(workers), "--listen", "127.0.0.1", "--heartbeat", HEARTBEAT]
+        if key is not None:
+            cmd += ["--curve-secret-key", str(key), "--curve-server-key", str(server_key)]
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, cwd=ROOT,
                                      start_new_session=True)
 

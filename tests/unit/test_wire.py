@@ -5,25 +5,37 @@ from hypothesis import given, settings, strategies as st
 from gaspar2 import wire
 
 
-def test_each_kind_round_trips():
-    head = wire.encode_head(wire.REPLY, 7, 42)
-    assert wire.decode([head, b"body"]) == (wire.REPLY, 7, 42, [head, b"body"])
-    head = wire.encode_head(wire.HELLO, 3, 999)
-    assert wire.decode([head])[:3] == (wire.HELLO, 3, 999)
-    assert wire.decode([head, b"tcp://h:1", b"key"]).kind == wire.HELLO
-    assert wire.decode([wire.encode_head(wire.HEARTBEAT, 5)])[:3] == (wire.HEARTBEAT, 5, 0)
+KEY = b"x" * 40
+
+
+def test_each_kind_round_trips_with_its_sender_and_token():
+    head = wire.encode_head(wire.REPLY, 7, 99, 42)
+    assert wire.decode([head, b"body"]) == (wire.REPLY, 7, 99, 42, [head, b"body"])
+    head = wire.encode_head(wire.HELLO, 3, 5, 999)
+    assert wire.decode([head])[:4] == (wire.HELLO, 3, 5, 999)
+    assert wire.decode([head, b"tcp://h:1", KEY]).kind == wire.HELLO
+    assert wire.decode([head, b"tcp://h:1", b""]).kind == wire.HELLO
+    assert wire.decode([wire.encode_head(wire.HEARTBEAT, 5, 6)])[:4] == (wire.HEARTBEAT, 5, 6, 0)
 
 
 def test_malformed_messages_are_refused_with_a_reason():
-    reply = wire.encode_head(wire.REPLY, 7, 42)
+    reply = wire.encode_head(wire.REPLY, 7, 1, 42)
+    hello = wire.encode_head(wire.HELLO, 1, 0, 2)
     for frames, reason in [
         ([b"H"], "head of 1 bytes"),
         ([reply], "of 1 frames"),
         ([reply, b"a", b"b"], "of 3 frames"),
-        ([reply + b"x", b"body"], "head of 18 bytes"),
+        ([reply + b"x", b"body"], "head of 26 bytes"),
+        ([reply[:-1], b"body"], "head of 24 bytes"),
         ([b"Z" + reply[1:], b"body"], "unknown kind"),
         ([b"", b"body"], "unknown kind"),
-        ([wire.encode_head(wire.HELLO, 1, 2), b"only one"], "of 2 frames"),
+        ([hello, b"only one"], "of 2 frames"),
+        ([hello, b"http://h:1", KEY], "endpoint"),
+        ([hello, b"tcp://h:port", KEY], "endpoint"),
+        ([hello, b"tcp://" + b"h" * 300 + b":1", KEY], "endpoint"),
+        ([hello, "tcp://é:1".encode(), KEY], "endpoint"),
+        ([hello, b"tcp://h:1", b"short"], "key of 5 bytes"),
+        ([b"G" + bytes(24), wire.pack_ids([1])], "unknown kind"),     # give-backs are gone
     ]:
         try:
             wire.decode(frames)
@@ -42,6 +54,37 @@ def test_random_frames_decode_or_are_refused(frames):
     except wire.BadMessage:
         return
     assert message.kind in wire.HEADS and len(frames) in wire.FRAME_COUNTS[message.kind]
+    assert all(isinstance(n, int) for n in message[1:4])
+
+
+@settings(max_examples=300)
+@given(kind=st.sampled_from(sorted(wire.HEADS)), fields=st.lists(st.integers(0, 2**32 - 1),
+                                                                   min_size=3, max_size=3),
+       frames=st.lists(st.binary(max_size=48), max_size=3))
+def test_well_headed_messages_with_any_body_decode_or_are_refused(kind, fields, frames):
+    """A right head followed by anything: decoded whole and checked, or BadMessage."""
+    head = wire.encode_head(kind, fields[0], fields[1], None if kind == wire.HEARTBEAT else fields[2])
+    try:
+        message = wire.decode([head] + frames)
+    except wire.BadMessage:
+        return
+    assert (message.kind, message.worker_id, message.token) == (kind, fields[0], fields[1])
+    if kind == wire.HELLO and frames:
+        assert frames[0].startswith(b"tcp://") and len(frames[1]) in wire.KEY_SIZES
+
+
+def test_a_welcome_is_a_control_message_and_a_batch_is_not():
+    welcome = wire.encode_welcome(2**64 - 1, 1234)
+    assert wire.is_control(welcome)
+    assert wire.decode_welcome(welcome) == (2**64 - 1, 1234)
+    assert not wire.is_control([wire.pack_ids([1]), b"payload"])
+    assert not wire.is_control([wire.pack_ids([])])
+    for bad in ([b"W"], [b"W", b"short"], [b"X", bytes(16)]):
+        try:
+            wire.decode_welcome(bad)
+        except wire.BadMessage:
+            continue
+        raise AssertionError("accepted %r" % bad)
 
 
 def test_id_lists_must_be_whole():

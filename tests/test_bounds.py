@@ -1,0 +1,152 @@
+"""Memory bounded by what clients actually send, against a real server: announced sizes,
+clients that never read, replies over the limit, uploads held back by the buffer limit."""
+
+import concurrent.futures
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+from gaspar2 import client
+
+from conftest import connect, wait_for
+
+pytestmark = pytest.mark.timeout(180)
+MiB = 2**20
+
+
+def request_in_pieces(server, payload, piece, pause):
+    """Send ``payload`` ``piece`` bytes at a time, waiting ``pause`` s between; the reply."""
+    with connect(server) as sock:
+        sock.sendall(struct.pack("!I", len(payload)))
+        for at in range(0, len(payload), piece):
+            sock.sendall(payload[at:at + piece])
+            time.sleep(pause)       # the client's own pace, not a synchronisation
+        return sock.makefile("rb").read()
+
+
+def served_meanwhile(server, stop, latencies):
+    """Small requests back to back until ``stop``; each must come back whole."""
+    n = 0
+    while not stop.is_set():
+        began = time.monotonic()
+        assert client.request(server.url, b"meanwhile %d" % n, timeout=30) == b"meanwhile %d" % n
+        latencies.append(time.monotonic() - began)
+        n += 1
+
+
+def test_announced_sizes_cost_nothing_until_the_bytes_come(serve):
+    server = serve("gaspar2.examples:echo", "--workers", "2", "--read-timeout", "60")
+    assert client.request(server.url, b"warm", timeout=30) == b"warm"
+    base = server.memory()
+    socks = []
+    for _ in range(64):
+        sock = connect(server)
+        sock.sendall(struct.pack("!I", 64 * MiB) + b"x")
+        socks.append(sock)
+    wait_for(lambda: server.status()["reading"] == 64, message="64 frames announced")
+    for n in range(20):
+        assert client.request(server.url, b"other %d" % n, timeout=10) == b"other %d" % n
+    growth = server.memory("VmHWM") - base
+    print("64 announced 64 MiB frames: producer grew %.1f MiB" % (growth / MiB))
+    assert growth < 32 * MiB
+    for sock in socks:
+        sock.close()
+
+
+def test_clients_that_never_read_are_reset_and_their_memory_returns(serve):
+    server = serve("tests.handlers:work", "--workers", "2", "--write-timeout", "2",
+                   "--buffer-limit", "256MiB")
+    assert len(client.request(server.url, b"big:%d" % (8 * MiB), timeout=30)) == 8 * MiB
+    base = server.memory()
+    socks = []
+    for _ in range(64):
+        sock = connect(server)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(client.pack(b"big:%d" % (8 * MiB)))
+        socks.append(sock)
+    stop, latencies = threading.Event(), []
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        others = pool.submit(served_meanwhile, server, stop, latencies)
+        began, resets = time.monotonic(), 0
+        for sock in socks:
+            sock.settimeout(30)
+            try:
+                while sock.recv(MiB):
+                    pass
+            except ConnectionResetError:
+                resets += 1
+            sock.close()
+        took = time.monotonic() - began
+        stop.set()
+        others.result()
+    peak = server.memory("VmHWM") - base
+    wait_for(lambda: server.status()["buffered"] == 0, message="every buffer freed")
+    after = wait_for(lambda: (lambda m: m if m - base < 48 * MiB else None)(server.memory()),
+                     message="memory back near the baseline")
+    print("64 unread 8 MiB replies: peak +%.0f MiB, all reset in %.1f s, after +%.0f MiB, "
+          "%d other requests, slowest %.2f s" % (peak / MiB, took, (after - base) / MiB,
+                                                  len(latencies), max(latencies)))
+    assert resets == 64 and took < 20
+    assert peak < 256 * MiB + 64 * MiB
+    assert latencies
+    assert server.log().count("(write_timeout)") == 64
+
+
+def test_slow_large_uploads_within_a_small_buffer_limit_come_back_whole(serve):
+    server = serve("gaspar2.examples:echo", "--workers", "2", "--buffer-limit", "40MiB",
+                   "--read-timeout", "10")
+    payloads = [bytes([n]) * (16 * MiB) for n in range(4)]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda p: request_in_pieces(server, p, MiB, 0.05), payloads))
+    assert replies == payloads
+    assert server.status()["buffered"] == 0
+
+
+def test_a_request_larger_than_the_buffer_limit_is_refused_at_its_header(serve):
+    server = serve("gaspar2.examples:echo", "--workers", "1", "--buffer-limit", "1MiB")
+    with connect(server) as sock:
+        sock.sendall(struct.pack("!I", 2 * MiB) + b"abc")
+        with pytest.raises(ConnectionResetError):
+            sock.recv(10)
+    server.wait_log("over max_message_size %d" % MiB)
+    assert client.request(server.url, b"x" * (MiB - 10), timeout=30) == b"x" * (MiB - 10)
+
+
+def test_a_reply_over_max_reply_size_fails_its_request(serve):
+    server = serve("tests.handlers:work", "--workers", "1", "--max-reply-size", "1MiB")
+    with pytest.raises(client.RequestFailed, match="reset"):
+        client.request(server.url, b"big:%d" % (MiB + 1), timeout=30)
+    server.wait_log("over max_reply_size %d" % MiB)
+    assert len(client.request(server.url, b"big:%d" % MiB, timeout=30)) == MiB
+
+
+def loop_probes(server, stop, latencies):
+    """Frames the producer refuses at their header, with no worker involved: the time to
+    the reset is the time its event loop takes to come round."""
+    while not stop.is_set():
+        with connect(server) as sock:
+            began = time.monotonic()
+            sock.sendall(struct.pack("!I", 2**32 - 1))
+            with pytest.raises(ConnectionResetError):
+                sock.recv(1)
+            latencies.append(time.monotonic() - began)
+
+
+def test_large_uploads_do_not_hold_the_loop(serve):
+    server = serve("gaspar2.examples:echo", "--workers", "2")
+    payload = b"u" * (64 * MiB)
+    stop, latencies = threading.Event(), []
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        uploads = [pool.submit(client.request, server.url, payload, 120) for _ in range(3)]
+        probes = pool.submit(loop_probes, server, stop, latencies)
+        assert all(f.result() == payload for f in uploads)
+        stop.set()
+        probes.result()
+    latencies.sort()
+    print("loop probes during 3 uploads of 64 MiB: %d, median %.1f ms, 99th %.1f ms"
+          % (len(latencies), latencies[len(latencies) // 2] * 1000,
+             latencies[len(latencies) * 99 // 100] * 1000))
+    assert latencies[len(latencies) // 2] < 0.05
