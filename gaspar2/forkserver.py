@@ -80,6 +80,9 @@ class ForkServer:
         if pid == 0:
             status = 1
             try:
+                # Until the worker's own handler is in, a TERM (a reload cancelling a worker
+                # still starting) must end it, not be ignored as the fork server ignores it.
+                original("signal", "signal")(signal.SIGTERM, signal.SIG_DFL)
                 signal.set_wakeup_fd(-1)
                 self.channel.close()
                 os.close(self.pipe[0])

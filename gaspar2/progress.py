@@ -30,6 +30,7 @@ SEM_SIZE = 32                   # sizeof(sem_t) on Linux, 32- and 64-bit
 FIELDS = struct.Struct("QQQddd")  # epoch, claimed seq, running id, since, slow after, beat
 SLOT_SIZE = 128
 EPOCH, CLAIMED, RUNNING, SINCE, SLOW, BEAT = (SEM_SIZE + 8 * i for i in range(6))
+U64, F64 = struct.Struct("Q"), struct.Struct("d")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sem_init.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
@@ -50,7 +51,7 @@ class ProgressTable:
         """A fresh slot for a new worker: epoch 0, nothing claimed, an unlocked semaphore."""
         slot = self.free.pop()
         now = time.monotonic()
-        FIELDS.pack_into(self.map, slot * SLOT_SIZE + EPOCH, 0, 0, 0, now, self.slow_after, now)
+        self._put(slot, EPOCH, FIELDS.pack(0, 0, 0, now, self.slow_after, now))
         if _libc.sem_init(self._sem(slot), 1, 1) != 0:
             raise OSError(ctypes.get_errno(), "sem_init failed")
         return slot
@@ -59,9 +60,16 @@ class ProgressTable:
         self.free.append(slot)
 
     def read(self, slot: int) -> tuple[int, int, int, float, float, float]:
-        """(epoch, claimed seq, running id, since, slow after, beat), without the lock:
-        each field is written whole, and only ``revoke`` needs them to agree."""
-        return FIELDS.unpack_from(self.map, slot * SLOT_SIZE + EPOCH)  # type: ignore[return-value]
+        """(epoch, claimed seq, running id, since, slow after, beat), without the lock.
+
+        Each field is written whole, ``since`` before ``running`` (see ``_put``), and
+        ``running`` is read first here: a reader that sees a request running sees when it
+        started (x86's stores and loads keep their order; elsewhere an early read only costs
+        a needless take-back). Only ``revoke`` needs more, and it holds the lock."""
+        offset = slot * SLOT_SIZE
+        (running,) = U64.unpack_from(self.map, offset + RUNNING)
+        epoch, claimed, _, since, slow_after, beat = FIELDS.unpack_from(self.map, offset + EPOCH)
+        return epoch, claimed, running, since, slow_after, beat
 
     def running(self, slot: int) -> tuple[int, float]:
         """(id, since) of the request the worker runs; id 0 while it is idle."""
@@ -75,9 +83,8 @@ class ProgressTable:
         if _libc.sem_trywait(sem) != 0:
             return None
         try:
-            offset = slot * SLOT_SIZE
-            epoch, claimed = struct.unpack_from("QQ", self.map, offset + EPOCH)
-            struct.pack_into("Q", self.map, offset + EPOCH, epoch + 1)
+            epoch, claimed = struct.unpack_from("QQ", self.map, slot * SLOT_SIZE + EPOCH)
+            self._put(slot, EPOCH, U64.pack(epoch + 1))
             return int(claimed)
         finally:
             _libc.sem_post(sem)
@@ -91,21 +98,28 @@ class ProgressTable:
             if ctypes.get_errno() != errno.EINTR:
                 raise OSError(ctypes.get_errno(), "sem_wait failed")
         try:
-            offset = slot * SLOT_SIZE
-            if struct.unpack_from("Q", self.map, offset + EPOCH)[0] != epoch:
+            if U64.unpack_from(self.map, slot * SLOT_SIZE + EPOCH)[0] != epoch:
                 return False
-            struct.pack_into("QQd", self.map, offset + CLAIMED, seq, request_id, now)
+            self._put(slot, SINCE, F64.pack(now))
+            self._put(slot, CLAIMED, struct.pack("QQ", seq, request_id))
             return True
         finally:
             _libc.sem_post(sem)
 
     def done(self, slot: int, slow_after: float, now: float) -> None:
         """The request is answered: idle since ``now``; slow is past ``slow_after`` s."""
-        struct.pack_into("Qddd", self.map, slot * SLOT_SIZE + RUNNING, 0, now, slow_after, now)
+        self._put(slot, SINCE, struct.pack("ddd", now, slow_after, now))
+        self._put(slot, RUNNING, U64.pack(0))
 
     def beat(self, slot: int, now: float) -> None:
         """The worker's loop is alive (it writes this while idle, too)."""
-        struct.pack_into("d", self.map, slot * SLOT_SIZE + BEAT, now)
+        self._put(slot, BEAT, F64.pack(now))
+
+    def _put(self, slot: int, field: int, data: bytes) -> None:
+        """Copy ``data`` in. Never ``struct.pack_into`` here: it zero-fills the target first,
+        and another process reading at that moment would see zeros."""
+        offset = slot * SLOT_SIZE + field
+        self.map[offset:offset + len(data)] = data
 
     def _sem(self, slot: int) -> int:
         return self.base + slot * SLOT_SIZE

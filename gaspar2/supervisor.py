@@ -221,6 +221,7 @@ class Supervisor:
             return
         worker.pid = pid
         worker.ready = True
+        self.progress.beat(worker.slot, time.monotonic())  # its hello is a sign of life
         self.backoffs.clear()           # the code can start: failures before say nothing now
         self.next_start = 0.0
         log.debug("%r ready (generation %d)", worker, worker.generation)

@@ -36,6 +36,7 @@ ALLOCATE_LOCK = original("_thread", "allocate_lock")
 # The leader cannot see whether a worker became ready (its HELLO goes to the producer): one
 # that dies within this many seconds of its start is taken for one that cannot start.
 YOUNG = 1.0
+WAITED = {signal.SIGCHLD, signal.SIGTERM, signal.SIGINT}     # the leader's only events
 
 
 class RemoteWorker(Worker):
@@ -111,10 +112,6 @@ class RemoteWorker(Worker):
                 self._hello()
 
 
-class GroupStop(Exception):
-    """TERM or INT reached the worker group's leader."""
-
-
 class WorkerGroup:
     """The leader: forks the workers, replaces those that exit, stops them all on TERM."""
 
@@ -127,23 +124,19 @@ class WorkerGroup:
         self.backoff = Backoff()
 
     def run(self) -> int:
-        def stop(signum: int, frame: object) -> None:
-            raise GroupStop
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGCHLD})   # waited for below
-        try:
-            for n in range(1, self.size + 1):
-                self._spawn(n)
-            log.info("%d remote workers for %s", self.size, self.spec)
-            while True:
-                self._reap()
-                self._start_due()
-                wait = min(self.due.values(), default=time.monotonic() + 3600) - time.monotonic()
-                signal.sigtimedwait({signal.SIGCHLD}, max(wait, 0.001))
-        except GroupStop:
-            pass
+        """Signals are taken synchronously (blocked, then waited for), so a stop can never
+        land in the middle of other code, a log call's lock included."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, WAITED)
+        for n in range(1, self.size + 1):
+            self._spawn(n)
+        log.info("%d remote workers for %s", self.size, self.spec)
+        while True:
+            self._reap()
+            self._start_due()
+            wait = min(self.due.values(), default=time.monotonic() + 3600) - time.monotonic()
+            got = signal.sigtimedwait(WAITED, max(wait, 0.001))
+            if got is not None and got.si_signo != signal.SIGCHLD:
+                break
         self._stop_all()
         return 0
 
@@ -151,7 +144,7 @@ class WorkerGroup:
         leader = os.getpid()
         pid = os.fork()
         if pid == 0:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGCHLD})
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, WAITED)
             die_with_parent(leader)
             prepare_process("gaspar2 remote-worker %d %s" % (n, self.spec))
             os._exit(self.make_worker(leader).run())
