@@ -154,9 +154,14 @@ class Supervisor:
         self.reconcile()
 
     def close(self) -> None:
+        """Start no worker again; kill those still running a request at once: by now its
+        client has its answer (a reset), and the fork server would wait for them."""
         self.stopping = True
         if self.respawn_timer is not None:
             self.respawn_timer.stop()
+        for worker in self.workers.values():
+            if self.progress.running(worker.slot)[0]:
+                self.kill(worker, signal.SIGKILL)
 
     # -- the one decision --------------------------------------------------------------------
 
