@@ -24,7 +24,7 @@ import logging
 import os
 from typing import Any, Callable
 
-from .wire import READ_SLICE
+from .frames import READ_SLICE
 
 log = logging.getLogger("gaspar2")
 

@@ -22,7 +22,7 @@ import socket
 import struct
 from typing import Any, Protocol
 
-from . import wire
+from . import frames, wire
 from .budget import Budget, Readers
 from .fds import FdReserve
 from .guard import Throttled, guarded
@@ -54,7 +54,7 @@ class Connection:
         self.held = 0           # bytes charged to the budget for it
         self.holds_reply = False
         self.paused_at = 0.0
-        self.reader: wire.FrameReader | None = wire.FrameReader(max_size)
+        self.reader: frames.FrameReader | None = frames.FrameReader(max_size)
         self.watcher: Any = None
         self.payload: Any = None
         self.request_id = 0

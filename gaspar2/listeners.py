@@ -19,7 +19,7 @@ import stat
 import struct
 from typing import Any
 
-from . import wire
+from . import frames, wire
 from .settings import host_port
 
 log = logging.getLogger("gaspar2")
@@ -41,7 +41,7 @@ class Listener:
         self.identity = file_identity(path) if path else None
 
     def reader(self, max_size: int) -> Any:
-        return HeldBackReader(max_size) if self.unix else wire.FrameReader(max_size)
+        return HeldBackReader(max_size) if self.unix else frames.FrameReader(max_size)
 
     def close(self) -> None:
         self.sock.close()
@@ -201,14 +201,14 @@ def remove_stale(path: str) -> None:
     raise OSError(errno.EADDRINUSE, "another process listens on unix:%s" % path)
 
 
-class HeldBackReader(wire.FrameReader):
-    """Reads a frame from a unix socket as ``wire.FrameReader`` does, except its last byte,
+class HeldBackReader(frames.FrameReader):
+    """Reads a frame from a unix socket as ``frames.FrameReader`` does, except its last byte,
     which stays in the socket (peeked at) until ``release``: closing with it unread is what
     tells the client ECONNRESET. Bytes past the frame are not read at all."""
 
     __slots__ = ()
 
-    def read_from(self, sock: Any, allowance: int = wire.READ_SLICE) -> bool:
+    def read_from(self, sock: Any, allowance: int = frames.READ_SLICE) -> bool:
         if self.length < 0 and not self._read_header(sock):
             return False
         if self.payload is not None:
@@ -241,7 +241,7 @@ class HeldBackReader(wire.FrameReader):
         self.length, self.got, self.header = length, 0, b""
         if length:
             sock.recv(1, DONTWAIT)
-            self.buffer = bytearray(min(length, wire.FIRST_CAPACITY))
+            self.buffer = bytearray(min(length, frames.FIRST_CAPACITY))
         else:
             self.payload = b""
         return True

@@ -16,7 +16,7 @@ import pytest
 
 from gaspar2 import client
 
-from conftest import ROOT, Server, environment, start_activated, wait_for
+from conftest import ROOT, Server, environment, start_activated
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,7 +8,7 @@ import socket
 
 from hypothesis import given, settings, strategies as st
 
-from gaspar2 import wire
+from gaspar2 import frames, wire
 from gaspar2.budget import UNBOUNDED, Budget, Readers
 from gaspar2.fds import FdReserve
 from gaspar2.guard import Drops, Throttled, guarded
@@ -69,12 +69,12 @@ def test_the_oldest_reader_always_reads_and_others_wait_past_the_limit():
     conns = [Conn(n) for n in range(4)]
     for conn in conns:
         readers.reading[conn] = None
-    assert readers.allowance(conns[2]) == wire.READ_SLICE
+    assert readers.allowance(conns[2]) == frames.READ_SLICE
     budget.change(4 * MiB - 100)
     assert readers.allowance(conns[2]) == 100
     budget.change(100)
     assert readers.allowance(conns[2]) <= 0
-    assert readers.allowance(conns[0]) == wire.READ_SLICE, "the oldest is never held back"
+    assert readers.allowance(conns[0]) == frames.READ_SLICE, "the oldest is never held back"
     readers.paused[conns[1]] = None
     readers.paused[conns[2]] = None
     assert readers.forget(conns[3]) is None
@@ -124,7 +124,7 @@ class Trickle:
 def test_a_frame_buffer_follows_the_bytes_and_each_read_is_bounded(length, sizes, allowance):
     data = wire.HEADER.pack(length) + bytes(range(256)) * (length // 256) + b"z" * (length % 256)
     sock = Trickle(data, sizes * (1 + len(data) // max(sum(sizes), 1)))
-    reader = wire.FrameReader(4 * MiB)
+    reader = frames.FrameReader(4 * MiB)
     done, rounds = False, 0
     while not done and rounds < len(data):
         before, in_header = sock.at, reader.length < 0
@@ -132,21 +132,21 @@ def test_a_frame_buffer_follows_the_bytes_and_each_read_is_bounded(length, sizes
             done = reader.read_from(sock, allowance)
         except BlockingIOError:
             pass
-        assert sock.at - before <= allowance + (len(wire._SCRATCH) if in_header else 0)
+        assert sock.at - before <= allowance + (len(frames._SCRATCH) if in_header else 0)
         got = reader.got        # the stand-in tells nothing of what the kernel holds
-        assert reader.capacity <= 2 * (got + max(got >> 3, wire.FIRST_CAPACITY))
+        assert reader.capacity <= 2 * (got + max(got >> 3, frames.FIRST_CAPACITY))
         rounds += 1
     assert done and bytes(reader.payload) == data[4:]
 
 
 def test_an_announced_length_costs_only_the_first_buffer():
-    reader = wire.FrameReader(2**32 - 1)
+    reader = frames.FrameReader(2**32 - 1)
     sock = Trickle(wire.HEADER.pack(2**31) + b"x", [5])
     try:
         reader.read_from(sock)
     except BlockingIOError:
         pass
-    assert reader.capacity == wire.FIRST_CAPACITY
+    assert reader.capacity == frames.FIRST_CAPACITY
 
 
 def test_a_frame_that_is_all_there_takes_one_buffer_of_its_size():
@@ -154,7 +154,7 @@ def test_a_frame_that_is_all_there_takes_one_buffer_of_its_size():
     with ours, theirs:
         payload = os.urandom(150_000)
         theirs.sendall(wire.pack(payload))
-        reader = wire.FrameReader(MiB)
+        reader = frames.FrameReader(MiB)
         assert not reader.read_from(ours, allowance=0)  # the header, and what came with it
         assert reader.capacity == len(payload), "sized by what the kernel holds"
         assert reader.read_from(ours)

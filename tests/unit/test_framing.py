@@ -6,7 +6,8 @@ import struct
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from gaspar2.wire import FrameError, FrameReader, pack
+from gaspar2.frames import FrameReader
+from gaspar2.wire import FrameError, pack
 
 
 def feed(chunks, max_size=1 << 20, eof=False):
