@@ -23,6 +23,7 @@ import struct
 from typing import Any, Protocol
 
 from . import frames, wire
+from .arena import Arena, Region
 from .budget import Budget, Readers
 from .fds import FdReserve
 from .guard import Throttled, guarded
@@ -40,11 +41,12 @@ ACCEPT_PAUSE = 0.1             # out of file descriptors: wait this long before 
 class Connection:
     """One client connection and its single request."""
 
-    __slots__ = ("sock", "peer", "reader", "watcher", "payload", "request_id", "seq", "reply",
-                 "since", "accepted", "served_by", "size_in", "size_out", "closed", "held",
-                 "holds_reply", "paused_at")
+    __slots__ = ("sock", "peer", "reader", "watcher", "payload", "region", "request_id", "seq",
+                 "reply", "since", "accepted", "served_by", "size_in", "size_out", "closed",
+                 "held", "holds_reply", "paused_at")
 
-    def __init__(self, sock: Any, peer: Any, max_size: int, now: float):
+    def __init__(self, sock: Any, peer: Any, max_size: int, now: float,
+                 arena: Arena | None = None):
         self.sock = sock
         self.peer = peer
         self.since = now        # the current stage's start: accepted, received, replying
@@ -54,9 +56,10 @@ class Connection:
         self.held = 0           # bytes charged to the budget for it
         self.holds_reply = False
         self.paused_at = 0.0
-        self.reader: frames.FrameReader | None = frames.FrameReader(max_size)
+        self.reader: frames.FrameReader | None = frames.FrameReader(max_size, arena)
         self.watcher: Any = None
         self.payload: Any = None
+        self.region: Region | None = None   # the body's place in the arena, if it has one
         self.request_id = 0
         self.seq = 0            # its sequence number at the worker it was sent to
         self.reply: memoryview | None = None
@@ -184,6 +187,7 @@ class FrontEnd(Acceptor):
         self.budget = budget
         self.fds = fds
         self.max_message_size = min(settings.max_message_size, budget.limit)
+        self.arena: Arena | None = None     # large bodies go there, when there is one
         self.read_timeout = settings.read_timeout
         self.timeout = settings.timeout
         self.write_timeout = settings.write_timeout
@@ -208,7 +212,7 @@ class FrontEnd(Acceptor):
         # Naming the family spares three getsockopt calls; every read and write passes
         # MSG_DONTWAIT, which spares making the socket non-blocking.
         sock = _socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
-        conn = Connection(sock, peer, self.max_message_size, self.loop.now())
+        conn = Connection(sock, peer, self.max_message_size, self.loop.now(), self.arena)
         if listener.unix:
             conn.peer, conn.reader = listener.label, listener.reader(self.max_message_size)
         self.conns.add(conn)
@@ -246,6 +250,8 @@ class FrontEnd(Acceptor):
             self._forget_reader(conn)       # it was read over several wake-ups
         conn.payload = reader.payload
         conn.size_in = len(conn.payload)
+        if type(conn.payload) is Region:
+            conn.region = conn.payload
         conn.reader = None
         conn.since = self.loop.now()
         conn.request_id = next(self.ids)
@@ -355,8 +361,11 @@ class FrontEnd(Acceptor):
         self.fds.closed()
         if conn.reader is not None:
             self._forget_reader(conn)
+            conn.reader.close()
         self.events.connection_closed(conn, outcome)
-        conn.payload = conn.reply = conn.reader = None
+        if conn.region is not None:
+            conn.region.drop_client()
+        conn.payload = conn.reply = conn.reader = conn.region = None
         self._hold(conn, 0)
         if not self.accepting:
             self._resume_accepting()

@@ -19,8 +19,15 @@ class Consumer:
     before its first request.
     """
 
-    def __init__(self, handler: Handler | None = None) -> None:
+    accepts_memoryview = False
+    """True: ``handle`` may be given a ``memoryview`` instead of ``bytes``, with no copy of a
+    large payload; valid only during the call (keep ``bytes(view)`` if you need it later)."""
+
+    def __init__(self, handler: Handler | None = None, *,
+                 accepts_memoryview: bool | None = None) -> None:
         self.handler = handler
+        if accepts_memoryview is not None:
+            self.accepts_memoryview = accepts_memoryview
 
     def setup(self) -> None:
         """Called once in each worker process before it takes any request."""
@@ -62,6 +69,15 @@ def as_consumer(target: Any) -> Consumer:
     if callable(target):
         return Consumer(handler=target)
     raise TypeError("expected a Consumer, a Consumer subclass or a callable, got %r" % (target,))
+
+
+def target_of(consumer: Any) -> tuple[str | None, Consumer | None]:
+    """(spec, None) for ``MODULE:ATTR``, which each worker imports afresh (so a reload runs
+    new code); (None, the Consumer) for anything else."""
+    if isinstance(consumer, str):
+        split_spec(consumer)
+        return consumer, None
+    return None, as_consumer(consumer)
 
 
 def describe(consumer: Consumer) -> str:

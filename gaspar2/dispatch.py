@@ -73,6 +73,9 @@ class DispatchEvents(Protocol):
     def seat_drained(self, seat: Seat) -> None:
         """``seat`` is retiring and holds nothing more."""
 
+    def request_left(self, request: Request) -> None:
+        """``request`` left a worker's books: answered, taken back, or the worker is gone."""
+
 
 class Dispatcher:
     def __init__(self, events: DispatchEvents, progress: Any = None,
@@ -150,6 +153,7 @@ class Dispatcher:
         request = seat.held.pop(request_id, None) if seat is not None else None
         if request is None:
             return None
+        self.events.request_left(request)
         if seat.stuck_on == request_id:
             seat.stuck_on = None
         if seat.retiring and not seat.held:
@@ -168,6 +172,8 @@ class Dispatcher:
         if seat is None:
             return []
         held = list(seat.held.values())
+        for request in held:
+            self.events.request_left(request)
         if claimed is None:
             began = held[:1]
         else:
@@ -217,6 +223,7 @@ class Dispatcher:
         returned = [r for r in seat.held.values() if r.seq > claimed]
         for request in returned:
             del seat.held[request.request_id]
+            self.events.request_left(request)
         if returned:
             log.debug("%r is stuck: %d requests taken back", seat, len(returned))
         self._requeue(returned)

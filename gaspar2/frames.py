@@ -1,6 +1,6 @@
-"""Reading one client frame across as many wake-ups as it takes, with a buffer that follows
-the bytes received (never the length a client announces), and, for a body large enough, a
-shared-memory segment instead of a buffer (see segments.py)."""
+"""Reading one client frame across as many wake-ups as it takes, into a buffer that follows
+the bytes received (never the length a client announces), or, for a body large enough, into
+a region of the arena it will go to a worker in (see arena.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import struct
 import termios
 from typing import Any
 
+from .arena import Arena, Region
 from .wire import HEADER, FrameError
 
 # The first read of every frame lands here, so a small frame takes one recv and one copy.
@@ -42,21 +43,44 @@ class FrameReader:
     ``FIRST_CAPACITY``.
     """
 
-    __slots__ = ("max_size", "header", "length", "got", "buffer", "payload")
+    __slots__ = ("max_size", "header", "length", "got", "buffer", "payload", "arena",
+                 "region")
 
-    def __init__(self, max_size: int):
+    def __init__(self, max_size: int, arena: Arena | None = None):
         self.max_size = max_size
         self.header = b""
         self.length = -1            # unknown until the header is whole
         self.got = 0
-        self.buffer: bytearray | None = None
-        self.payload: bytes | bytearray | None = None
+        self.buffer: bytearray | memoryview | None = None
+        self.payload: bytes | bytearray | Region | None = None
+        self.arena = arena          # large bodies go there, once half of them is in
+        self.region: Region | None = None
 
     @property
     def capacity(self) -> int:
+        if self.region is not None:
+            return self.region.capacity
         if self.buffer is not None:
             return len(self.buffer)
         return len(self.payload) if self.payload is not None else len(self.header)
+
+    def close(self) -> None:
+        """The frame will not be whole: its region, if it has one, is free again."""
+        if self.region is not None and self.payload is None:
+            self.region.drop_client()
+
+    def _to_arena(self, received: Any) -> bool:
+        """Read the body into a region of the arena from now on, the bytes ``received`` so
+        far copied there; False when the arena has no room (it stays in memory and goes
+        through ZeroMQ)."""
+        assert self.arena is not None
+        region = self.arena.region(self.length)
+        if region is None:
+            return False
+        view = region.view()
+        view[:self.got] = received
+        self.region, self.buffer = region, view
+        return True
 
     def read_from(self, sock: socket.socket, allowance: int = READ_SLICE) -> bool:
         """Read what is there, at most ``allowance`` payload bytes past the first read;
@@ -70,17 +94,17 @@ class FrameReader:
         if self.buffer is not None:
             self._read_body(sock, allowance, self.length)
             if self.got == self.length:
-                self.payload, self.buffer = self.buffer, None
+                self.payload = self.region if self.region is not None else self.buffer
+                self.buffer = None
         return self.payload is not None
 
     def _read_body(self, sock: socket.socket, allowance: int, target: int) -> None:
         """Read until ``target`` payload bytes are in, or ``allowance`` more, growing the
         buffer as the bytes come."""
-        buffer = self.buffer
-        assert buffer is not None
         while self.got < target and allowance > 0:
-            if self.got == len(buffer):
+            if self.got == len(self.buffer):
                 self._grow(sock)
+            buffer = self.buffer
             end = min(len(buffer), self.got + allowance, target)
             with memoryview(buffer) as view:
                 n = sock.recv_into(view[self.got:end], 0, _DONTWAIT)
@@ -90,11 +114,18 @@ class FrameReader:
             allowance -= n
 
     def _grow(self, sock: Any) -> None:
-        assert self.buffer is not None
+        assert isinstance(self.buffer, bytearray)
         size = len(self.buffer)
         wanted = self._wanted(self.got + max(available(sock), size >> 3, FIRST_CAPACITY))
+        if wanted == self.length and self._large():
+            with memoryview(self.buffer) as received:
+                if self._to_arena(received[:self.got]):
+                    return
         with memoryview(_ZEROS) as zeros:
             self.buffer.extend(zeros[:min(wanted - size, GROWTH_MAX)])
+
+    def _large(self) -> bool:
+        return self.arena is not None and self.length >= self.arena.threshold
 
     def _wanted(self, size: int) -> int:
         """A buffer's size for ``size`` bytes in hand: the whole frame once that is half."""
@@ -119,8 +150,9 @@ class FrameReader:
             self.payload = bytes(data[HEADER.size:])
         else:
             held = self._wanted(max(body + available(sock), FIRST_CAPACITY))
-            self.buffer = bytearray(min(held, body + GROWTH_MAX))
-            self.buffer[:body] = data[HEADER.size:]
+            if not (held == length and self._large() and self._to_arena(data[HEADER.size:])):
+                self.buffer = bytearray(min(held, body + GROWTH_MAX))
+                self.buffer[:body] = data[HEADER.size:]
         return True
 
 

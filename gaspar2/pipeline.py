@@ -28,6 +28,7 @@ from typing import Any, Callable, Protocol
 import zmq
 
 from . import observe, wire
+from .arena import Arena
 from .budget import Budget, default_limit, release_memory
 from .connections import Connection, FrontEnd
 from .dispatch import Dispatcher, Seat
@@ -94,7 +95,8 @@ class Pipeline:
         self.remote: RemoteMembers | None = None
         self.observer: Observer | None = None
         self.closing = False            # worker exits are expected now
-        self._dispatch_pending = False
+        self.arena: Arena | None = None
+        self._pending: Any = None       # a dispatch at the end of this loop iteration
         # While local workers hold requests, look this often for stuck ones.
         interval = settings.giveback_after / 2
         self.stuck_watch = loop.timer(interval, interval)
@@ -102,6 +104,15 @@ class Pipeline:
     def close(self) -> None:
         self.closing = True
         self.stuck_watch.stop()
+
+    def open_arena(self) -> Arena | None:
+        """Shared memory for large bodies and their replies, made before any worker is
+        forked; None when it is off."""
+        s = self.settings
+        if s.shm_threshold > 0 and s.shm_size >= s.shm_threshold:
+            size = min(s.shm_size, self.budget.limit)
+            self.arena = self.frontend.arena = Arena(size, s.shm_threshold)
+        return self.arena
 
     def ready_count(self) -> int:
         return self.supervisor.ready_count() + (self.remote.ready_count() if self.remote else 0)
@@ -125,16 +136,18 @@ class Pipeline:
     def _schedule_dispatch(self) -> None:
         """Dispatch at the end of this loop iteration, so that requests read by several
         watchers go out together."""
-        if not self._dispatch_pending and self.dispatcher.waiting:
-            self._dispatch_pending = True
-            self.loop.run_callback(self._scheduled_dispatch)
+        if self._pending is None and self.dispatcher.waiting:
+            self._pending = self.loop.run_callback(self._scheduled_dispatch)
 
     @guarded
     def _scheduled_dispatch(self) -> None:
-        self._dispatch_pending = False
+        self._pending = None
         self._dispatch()
 
     def _dispatch(self) -> None:
+        if self._pending is not None:   # this one sends what that one would have
+            self._pending.stop()
+            self._pending = None
         self.dispatcher.dispatch()
         if not self.stuck_watch.active and self.dispatcher.busy():
             self.stuck_watch.start(self._check_stuck)
@@ -201,6 +214,10 @@ class Pipeline:
     def seat_drained(self, seat: Seat) -> None:
         self.supervisor.drained(seat.worker_id)
 
+    def request_left(self, conn: Connection) -> None:
+        if conn.region is not None:
+            conn.region.drop_worker()
+
     # -- the workers' messages ---------------------------------------------------------------
 
     def messages_read(self) -> None:
@@ -241,15 +258,32 @@ class Pipeline:
             return
         conn.served_by = worker_id
         body = message.frames[1].buffer
-        if message.kind == wire.REPLY and len(body) > self.max_reply_size:
+        if message.kind == wire.SHARED_REPLY:
+            body = self._shared_reply(conn, body)
+            if body is None:
+                return
+        if message.kind != wire.ERROR and len(body) > self.max_reply_size:
             self.frontend.fail(conn, "handler_error", "a reply of %d bytes from worker %x, over "
                                "max_reply_size %d", len(body), worker_id, self.max_reply_size)
-        elif message.kind == wire.REPLY:
+        elif message.kind != wire.ERROR:
             self.budget.reply_seen(len(body))
             self.frontend.reply(conn, body)
         else:
             text = message.frames[1].bytes.decode("utf-8", "replace")
             self.frontend.fail(conn, "handler_error", "handler failed in %s", text)
+
+    def _shared_reply(self, conn: Connection, size: memoryview) -> memoryview | None:
+        """The reply a local worker wrote over the request's body in the arena."""
+        region = conn.region
+        if len(size) != wire.SIZE.size or region is None:
+            self.frontend.fail(conn, "handler_error", "a shared reply with no place to be")
+            return None
+        (length,) = wire.SIZE.unpack(size)
+        if length > region.capacity:
+            self.frontend.fail(conn, "handler_error", "a shared reply of %d bytes in a region "
+                               "of %d", length, region.capacity)
+            return None
+        return region.view(length)
 
     def message_dropped(self, reason: str, detail: str) -> None:
         self.drops.count(reason, detail)
@@ -261,6 +295,7 @@ class Pipeline:
     def counts(self) -> dict[str, int]:
         """What the bounds hold now: bytes buffered, messages dropped, remote connections."""
         return {"buffered": self.budget.used, "dropped": self.drops.total(),
+                "shared": self.arena.used if self.arena is not None else 0,
                 "remote_connections": self.transport.remote.connections
                 if self.transport is not None and self.transport.remote is not None else 0}
 
@@ -272,6 +307,8 @@ class Pipeline:
         self.supervisor.check_liveness(self.settings.worker_timeout, self.settings.heartbeat)
         if self.budget.worth_trimming(TRIM_AFTER):
             release_memory()
+            if self.arena is not None:
+                self.arena.trim()
             self.budget.trimmed()
         if self.remote is not None:
             self.remote.check(self.loop.now())

@@ -20,7 +20,7 @@ import gevent
 import gevent.event
 
 from . import forkserver, logs, observe, settings
-from .consumer import Consumer, as_consumer, describe, split_spec
+from .consumer import Consumer, as_consumer, describe, target_of
 from .exposure import Exposure
 from .pipeline import Pipeline
 from .procutil import make_ipc_dir, raise_open_file_limit, set_title
@@ -63,11 +63,7 @@ class Producer:
         options.update((k, v) for k, v in positional.items() if v is not None)
         self.settings = settings.resolve(options)
         self.settings.workers = self.settings.workers or os.cpu_count() or 1
-        if isinstance(consumer, str):
-            split_spec(consumer)
-            self.spec, self.consumer = consumer, None   # each worker imports it afresh
-        else:
-            self.spec, self.consumer = None, as_consumer(consumer)
+        self.spec, self.consumer = target_of(consumer)
         self.name = self.settings.name or self.spec or describe(self.consumer)
         self.state = State.STARTING
         self._stop_signal = ("", 0.0)   # the first stop signal, and when it was logged
@@ -128,7 +124,7 @@ class Producer:
         self.ipc_dir, self.ipc_lock = make_ipc_dir()
         workers = LocalWorkers(self._make_consumer, self.name, self.ipc_dir, self.progress,
                                s.giveback_after, self.pipeline.local_token,
-                               self.pipeline.max_reply_size)
+                               self.pipeline.max_reply_size, self.pipeline.open_arena())
         # Fork the fork server first: no listener and no ZeroMQ context exist yet.
         pid, channel = forkserver.start(workers, "gaspar2 forkserver %s" % self.name)
         self.fork = forkserver.ForkServerClient(self.loop, pid, channel, self.supervisor)

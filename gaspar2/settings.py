@@ -122,6 +122,11 @@ SETTINGS: tuple[Setting, ...] = (
       "max-message-size)", ("--max-reply-size",), "BYTES"),
     S("buffer_limit", None, size, "bytes held for requests and replies at most; past it, "
       "request bodies wait (default: a quarter of memory)", ("--buffer-limit",), "BYTES"),
+    S("shm_threshold", 256 * 1024, size, "request bodies this large or larger, and their "
+      "replies, travel between the producer and local workers in shared memory; 0: never",
+      ("--shm-threshold",), "BYTES"),
+    S("shm_size", 1 << 30, size, "the shared memory for them, at most (used as needed; "
+      "past it, bodies travel through ZeroMQ)", ("--shm-size",), "BYTES"),
     S("graceful_timeout", 30.0, seconds,
       "on stop, how long to finish the requests already received", ("--graceful-timeout",), "S"),
     S("max_connections", 10000, int,

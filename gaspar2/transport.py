@@ -92,7 +92,7 @@ class Transport:
         push.linger = 0
         push.connect(worker_endpoint(self.ipc_dir, worker_id))
         self.pushes[worker_id] = push
-        return sender(push)
+        return sender(push, local=True)
 
     def disconnect(self, worker_id: int) -> None:
         push = self.pushes.pop(worker_id, None)
@@ -168,12 +168,20 @@ class Announcing:
         self.forkserver.kill(worker_id, signum)
 
 
-def sender(push: zmq.Socket) -> Send:
-    """A seat's ``send``: a batch of connections as one message on ``push``."""
+def sender(push: zmq.Socket, local: bool = False) -> Send:
+    """A seat's ``send``: a batch of connections as one message on ``push``. A body in the
+    arena goes to a local worker as its place there, and to a remote one as its bytes."""
     def send(conns: list[Any], epoch: int, seq: int) -> None:
+        ids = [c.request_id for c in conns]
+        payloads = [c.payload for c in conns]
+        shared = [i for i, conn in enumerate(conns) if conn.region is not None]
+        for i in shared:
+            ids[i] |= wire.SHARED_BIT if local else 0
+            payloads[i] = conns[i].region.ref() if local else conns[i].region.copy()
         try:
-            wire.send_batch(push, [c.request_id for c in conns], [c.payload for c in conns],
-                            epoch, seq)
+            wire.send_batch(push, ids, payloads, epoch, seq)
         except zmq.Again:
             raise Full from None
+        for i in shared:
+            conns[i].region.worker = local      # it may read and write there now
     return send

@@ -34,15 +34,19 @@ HELLO = b"H"      # fields: pid. The worker is connected both ways and ready. A 
                   # adds two frames: the endpoint it listens on, its public key (or empty).
 HEARTBEAT = b"P"  # no fields. A remote worker is alive.
 REPLY = b"R"      # fields: request id; frame 2 is the reply body.
+SHARED_REPLY = b"S"   # fields: request id; frame 2 is the size of the reply the worker wrote
+                      # over the request's body in shared memory (see arena.py).
 ERROR = b"E"      # fields: request id; frame 2 is the handler's traceback, UTF-8.
 
 HEADS = {
     HELLO: struct.Struct("!cQQI"),
     HEARTBEAT: struct.Struct("!cQQ"),
     REPLY: struct.Struct("!cQQQ"),
+    SHARED_REPLY: struct.Struct("!cQQQ"),
     ERROR: struct.Struct("!cQQQ"),
 }
-FRAME_COUNTS = {HELLO: (1, 3), HEARTBEAT: (1,), REPLY: (2,), ERROR: (2,)}
+FRAME_COUNTS = {HELLO: (1, 3), HEARTBEAT: (1,), REPLY: (2,), SHARED_REPLY: (2,), ERROR: (2,)}
+SIZE = struct.Struct("!Q")
 MAX_ENDPOINT = 255          # bytes of a remote worker's tcp:// endpoint
 KEY_SIZES = (0, 40)         # a remote worker's public key: none, or Z85 text
 
@@ -128,6 +132,7 @@ def unpack_ids(data: bytes) -> tuple[int, ...]:
 
 
 BATCH = struct.Struct("!QQ")       # epoch, the first request's sequence number
+SHARED_BIT = 1 << 63               # set in a batch's id: its frame is a body's place in the arena
 
 
 def send_batch(sock: zmq.Socket, ids: list[int], payloads: list, epoch: int = 0,
@@ -138,8 +143,10 @@ def send_batch(sock: zmq.Socket, ids: list[int], payloads: list, epoch: int = 0,
     send_frames(sock, [head] + payloads, NOBLOCK, copy=small)
 
 
-def decode_batch(frames: list[zmq.Frame]) -> list[tuple[int, int, int, zmq.Frame]]:
-    """Worker side of ``send_batch``: (epoch, seq, request id, payload frame) each."""
+def decode_batch(frames: list[zmq.Frame]) -> list[tuple[int, int, int, zmq.Frame, bool]]:
+    """Worker side of ``send_batch``: (epoch, seq, request id, payload frame, shared) each;
+    ``shared`` (``SHARED_BIT`` in the id) says the frame names the body's place in the
+    shared arena (see arena.py)."""
     head = frames[0].bytes
     if len(head) < BATCH.size:
         raise BadMessage("a batch head of %d bytes" % len(head))
@@ -147,7 +154,7 @@ def decode_batch(frames: list[zmq.Frame]) -> list[tuple[int, int, int, zmq.Frame
     ids = unpack_ids(head[BATCH.size:])
     if len(ids) != len(frames) - 1:
         raise BadMessage("%d ids for %d payloads" % (len(ids), len(frames) - 1))
-    return [(epoch, seq + i, request_id, frame)
+    return [(epoch, seq + i, request_id & ~SHARED_BIT, frame, request_id >= SHARED_BIT)
             for i, (request_id, frame) in enumerate(zip(ids, frames[1:]))]
 
 

@@ -31,6 +31,7 @@ from . import wire
 from .consumer import Consumer, reply_bytes
 from .loading import report_setup_failure, setup_succeeded
 from .procutil import original, set_title
+from .arena import Arena, place
 from .progress import ProgressTable
 from .supervisor import EXIT_SETUP_FAILED
 
@@ -55,7 +56,8 @@ class LocalWorkers:
 
     def __init__(self, make_consumer: Callable[[], Consumer], name: str, ipc_dir: str,
                  progress: ProgressTable, slow_min: float, token: int = 0,
-                 max_reply_size: int | None = None):
+                 max_reply_size: int | None = None, arena: Arena | None = None):
+        self.arena = arena
         self.make_consumer = make_consumer
         self.name = name
         self.ipc_dir = ipc_dir
@@ -70,6 +72,7 @@ class LocalWorkers:
                         reply_endpoint(self.ipc_dir, worker_id), parent, self.slow_min,
                         self.progress, slot, self.token, self.max_reply_size)
         worker.report_dir = self.ipc_dir
+        worker.arena = self.arena.view if self.arena is not None else None
         return worker.run()
 
 
@@ -89,12 +92,15 @@ class Worker:
         self.parent_pid = parent_pid
         self.slow_min = slow_min
         self.typical = 0.0              # moving average of handler time, seconds
-        self.queue: collections.deque[tuple[int, int, int, zmq.Frame]] = collections.deque()
+        self.queue: collections.deque[tuple[int, int, int, zmq.Frame, bool]] = collections.deque()
         self.waiting = False            # in recv, where a TERM may interrupt it
         self.serving = False            # set up and connected
         self.stopping = False
         self.contact = 0.0              # when the producer was last heard from
         self.report_dir: str | None = None  # where workers agree to log a traceback once
+        self.arena: memoryview | None = None    # large bodies and their replies, shared
+        self.place: tuple[int, int] | None = None   # the current body's offset, capacity
+        self.as_view = False            # the handler takes a memoryview
 
     def run(self) -> int:
         """Serve until told to stop or orphaned; returns the exit status."""
@@ -102,6 +108,7 @@ class Worker:
         try:
             self.consumer = self.make_consumer()
             self.consumer.setup()
+            self.as_view = bool(getattr(self.consumer, "accepts_memoryview", False))
         except BaseException:
             report_setup_failure(self.id, self.report_dir)
             return EXIT_SETUP_FAILED
@@ -144,10 +151,10 @@ class Worker:
                 if self.stopping or os.getppid() != self.parent_pid:
                     return None
                 self._wait()
-            epoch, seq, request_id, payload = self.queue.popleft()
+            epoch, seq, request_id, payload, shared = self.queue.popleft()
             now = time.monotonic()
             if self.progress.claim(self.slot, epoch, seq, request_id, now):
-                return request_id, payload, now
+                return request_id, payload, shared, now
             self.progress.beat(self.slot, now)
 
     def _wait(self) -> None:
@@ -159,29 +166,42 @@ class Worker:
             frames = None
         finally:
             self.waiting = False
-        now = time.monotonic()
-        self.progress.beat(self.slot, now)
-        if frames is not None:
-            self.contact = now
-            if wire.is_control(frames):
-                self._control(frames)
-            else:
-                self.queue.extend(wire.decode_batch(frames))
+        if frames is None:
+            self.progress.beat(self.slot, time.monotonic())    # idle, and alive
+            return
+        self.contact = time.monotonic()
+        if wire.is_control(frames):
+            self._control(frames)
+        else:
+            self.queue.extend(wire.decode_batch(frames))
 
     def _control(self, frames: list[Any]) -> None:
         """A control message from the producer (remote workers act on them)."""
 
-    def _run(self, request_id: int, payload: zmq.Frame, began: float) -> None:
+    def _run(self, request_id: int, payload: zmq.Frame, shared: bool, began: float) -> None:
         try:
-            body = reply_bytes(self.consumer.handle(payload.bytes))
+            body = reply_bytes(self.consumer.handle(self._body(payload, shared)))
         except BaseException:       # SystemExit, KeyboardInterrupt: fail the request alone
             self._fail(request_id, traceback.format_exc())
         else:
             self._reply(request_id, body)
+        self.place = None
         done = time.monotonic()
         # A slow request counts no more than the threshold, so one cannot inflate it.
-        self.typical += (min(done - began, self._slow_after()) - self.typical) * 0.2
-        self.progress.done(self.slot, self._slow_after(), done)
+        slow_after = self._slow_after()
+        self.typical += (min(done - began, slow_after) - self.typical) * 0.2
+        self.progress.done(self.slot, slow_after, done)
+
+    def _body(self, frame: zmq.Frame, shared: bool) -> bytes | memoryview:
+        """What the handler gets: bytes, or a memoryview if it takes one (no copy)."""
+        if not shared:
+            return frame.buffer if self.as_view else frame.bytes
+        if self.arena is None:
+            raise ValueError("a shared body, and no shared memory here")
+        offset, size, capacity = place(self.arena, frame.bytes)
+        self.place = offset, capacity
+        view = self.arena[offset:offset + size]
+        return view if self.as_view else bytes(view)
 
     def _reply(self, request_id: int, body: bytes | bytearray | memoryview) -> None:
         size = body.nbytes if isinstance(body, memoryview) else len(body)
@@ -189,6 +209,12 @@ class Worker:
             text = "a reply of %d bytes, over max_reply_size %d" % (size, self.max_reply_size)
             log.warning("worker %d: request failed: %s", self.id, text)
             self._fail(request_id, text)
+            return
+        if self.place is not None and size <= self.place[1]:
+            assert self.arena is not None       # over the body, in the arena: no copy out
+            self.arena[self.place[0]:self.place[0] + size] = memoryview(body).cast("B")
+            self.push.send(self._head(wire.SHARED_REPLY, request_id), wire.SNDMORE)
+            self.push.send(wire.SIZE.pack(size))
             return
         self.push.send(self._head(wire.REPLY, request_id), wire.SNDMORE)
         self.push.send(body, 0, copy=size < wire.ZERO_COPY_MIN)

@@ -44,6 +44,9 @@ def work(message):
         return text
     if command == b"big":
         return b"x" * int(arg)
+    if command == b"hold":          # hold:PATH:SECONDS:PADDING, for a large request
+        path, seconds, _ = arg.split(b":", 2)
+        return work(b"mark:%s:%s" % (path, seconds))
     if command == b"exit":
         os._exit(7)
     if command == b"sysexit":
@@ -76,6 +79,17 @@ class BrokenSetup(gaspar2.Consumer):
 
     def handle(self, message):
         return message
+
+
+class Reverse(gaspar2.Consumer):
+    """Takes a memoryview: replies with the body reversed, twice over after ``twice:``."""
+
+    accepts_memoryview = True
+
+    def handle(self, message):
+        assert isinstance(message, memoryview), type(message)
+        data = bytes(message)[::-1]
+        return data * 2 if message[:6] == b"twice:" else data
 
 
 class SlowStart(gaspar2.Consumer):

@@ -66,14 +66,14 @@ def serve_plain_remote(serve, *extra):
     return server, "tcp://127.0.0.1:%d" % port
 
 
-def still_serving(server, groups, endpoint):
+def still_serving(server, start_group, endpoint):
     """Local workers serve, a dead one is replaced, and a new group joins and serves."""
     before = server.worker_pids()
     assert pids_serving(server, 4) <= set(before)
     os.kill(before[0], 9)
     server.wait_workers(2, exclude=[before[0]])
     joined = server.log().count("joined from")
-    group = groups(endpoint)
+    group = start_group(endpoint)
     wait_for(lambda: server.log().count("joined from") == joined + 2, message="a new group")
     remote = set(wait_for(lambda: len(group.pids()) == 2 and group.pids()))
     assert pids_serving(server) & remote

@@ -20,7 +20,10 @@ class Request:
 
 class Events:
     def __init__(self):
-        self.spent, self.drained = [], []
+        self.spent, self.drained, self.left = [], [], []
+
+    def request_left(self, request):
+        self.left.append(request.request_id)
 
     def seat_spent(self, seat):
         self.spent.append(seat.worker_id)

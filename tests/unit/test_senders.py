@@ -35,6 +35,8 @@ class Front:
 
 
 class Request:
+    region = None
+
     def __init__(self, request_id):
         self.request_id, self.payload, self.closed = request_id, b"p", False
 
