@@ -121,14 +121,25 @@ def send_frames(sock: zmq.Socket, frames: list, flags: int = 0, copy: bool = Tru
         sock.send(frame, flags | SNDMORE if i < last else flags, copy=copy)
 
 
+_IDS: dict[int, struct.Struct] = {}     # n -> the Struct of n ids: made once, not per call
+
+
+def ids_struct(count: int) -> struct.Struct:
+    layout = _IDS.get(count)
+    if layout is None:
+        layout = _IDS[count] = struct.Struct("!%dQ" % count)
+    return layout
+
+
 def pack_ids(ids: list[int] | tuple[int, ...]) -> bytes:
-    return struct.pack("!%dQ" % len(ids), *ids)
+    return ids_struct(len(ids)).pack(*ids)
 
 
-def unpack_ids(data: bytes) -> tuple[int, ...]:
-    if len(data) % ID.size:
-        raise BadMessage("an id list of %d bytes" % len(data))
-    return struct.unpack("!%dQ" % (len(data) // ID.size), data)
+def unpack_ids(data: bytes, offset: int = 0) -> tuple[int, ...]:
+    size = len(data) - offset
+    if size % ID.size:
+        raise BadMessage("an id list of %d bytes" % size)
+    return ids_struct(size // ID.size).unpack_from(data, offset)
 
 
 BATCH = struct.Struct("!QQ")       # epoch, the first request's sequence number
@@ -139,7 +150,7 @@ def send_batch(sock: zmq.Socket, ids: list[int], payloads: list, epoch: int = 0,
                seq: int = 0) -> None:
     """Producer -> worker: requests in one message. Raises zmq.Again if it cannot take it."""
     small = sum(len(p) for p in payloads) < ZERO_COPY_MIN
-    head = BATCH.pack(epoch, seq) + pack_ids(ids)
+    head = ids_struct(len(ids) + 2).pack(epoch, seq, *ids)
     send_frames(sock, [head] + payloads, NOBLOCK, copy=small)
 
 
@@ -150,12 +161,11 @@ def decode_batch(frames: list[zmq.Frame]) -> list[tuple[int, int, int, zmq.Frame
     head = frames[0].bytes
     if len(head) < BATCH.size:
         raise BadMessage("a batch head of %d bytes" % len(head))
-    epoch, seq = BATCH.unpack_from(head)
-    ids = unpack_ids(head[BATCH.size:])
+    epoch, seq, *ids = unpack_ids(head)
     if len(ids) != len(frames) - 1:
         raise BadMessage("%d ids for %d payloads" % (len(ids), len(frames) - 1))
-    return [(epoch, seq + i, request_id & ~SHARED_BIT, frame, request_id >= SHARED_BIT)
-            for i, (request_id, frame) in enumerate(zip(ids, frames[1:]))]
+    return [(epoch, seq + i, ids[i] & ~SHARED_BIT, frames[i + 1], ids[i] >= SHARED_BIT)
+            for i in range(len(ids))]
 
 
 class BadMessage(Exception):
@@ -215,7 +225,7 @@ def encode_welcome(token: int, max_reply_size: int) -> list[bytes]:
 
 def is_control(frames: list) -> bool:
     """A producer -> worker control message, not a batch (whose head is 16 + 8n bytes)."""
-    return len(frame_bytes(frames[0])) == 1
+    return len(frames[0]) == 1
 
 
 def decode_welcome(frames: list) -> tuple[int, int]:
