@@ -106,7 +106,7 @@ class Region:
             self.capacity = 0           # freed: never twice
 
 
-def place(arena_view: memoryview, ref: bytes) -> tuple[int, int, int]:
+def place(arena_view: memoryview, ref: bytes | memoryview) -> tuple[int, int, int]:
     """Worker side: (offset, size, capacity) of the body a ref names, checked to lie in the
     arena; the reply may be written from the same offset, up to the capacity."""
     if len(ref) != REF.size:

@@ -257,7 +257,8 @@ class Pipeline:
         if conn is None:
             return
         conn.served_by = worker_id
-        body = message.frames[1].buffer
+        body = message.body
+        assert body is not None            # a BODIED kind (wire.decode)
         if message.kind == wire.SHARED_REPLY:
             body = self._shared_reply(conn, body)
             if body is None:
@@ -269,7 +270,7 @@ class Pipeline:
             self.budget.reply_seen(len(body))
             self.frontend.reply(conn, body)
         else:
-            text = message.frames[1].bytes.decode("utf-8", "replace")
+            text = bytes(body).decode("utf-8", "replace")
             self.frontend.fail(conn, "handler_error", "handler failed in %s", text)
 
     def _shared_reply(self, conn: Connection, size: memoryview) -> memoryview | None:

@@ -126,11 +126,12 @@ class Transport:
         """Read up to ``most`` messages (all, if negative); True once the sink is drained."""
         local = sock is self.sink
         curve = not local and self.remote is not None and self.remote.curve
-        while sock.getsockopt(wire.EVENTS) & wire.POLLIN:
-            if most == 0:
-                return False
+        while most != 0:
+            try:    # read until none is left: that re-arms ZeroMQ's edge-triggered FD too,
+                frames = wire.recv_frames(sock, wire.NOBLOCK)   # at one check per wake-up
+            except zmq.Again:
+                return True
             most -= 1
-            frames = wire.recv_frames(sock, wire.NOBLOCK)
             try:
                 message = wire.decode(frames)
             except wire.BadMessage as exc:
@@ -142,7 +143,7 @@ class Transport:
             except Exception:
                 errors.log(logging.ERROR, "message", "error acting on a %r message, going on",
                            message.kind, exc_info=True)
-        return True
+        return False
 
     def close(self) -> None:
         for watcher in self.watchers:

@@ -6,15 +6,17 @@ one is reported as data (``FrameError.kind``, ``BadMessage``), never as text to 
 
 Client frame: a 4-byte unsigned length in network byte order, then that many payload bytes.
 
-Producer -> worker, one ZeroMQ multipart message per batch: ``[head, payload, payload, ...]``
-where ``head`` packs the epoch and the first sequence number the batch is sent with (see
-progress.py), then one unsigned 64-bit request id per payload. A control message has a
-one-byte first frame instead (a batch head is 16 + 8n bytes): ``WELCOME`` answers a remote
-worker's HELLO.
+Producer -> worker, one ZeroMQ message per batch. Its head packs the epoch and the first
+sequence number the batch is sent with (see progress.py), then one unsigned 64-bit request id
+per payload. Small batches are one frame, ``head + count + lengths + payloads`` (every ZeroMQ
+part costs a call on both sides); a batch carrying a large payload is ``[head, payload, ...]``
+so that each large payload goes without a copy. A control message is ``[kind, body]`` with a
+one-byte first frame: ``WELCOME`` answers a remote worker's HELLO.
 
-Worker -> producer, on a sink: ``[head, body...]``; the head starts with the kind (one byte),
-the sending worker's id and its token (what proves it is that worker, see pipeline.py),
-then the kind's own fields (see ``HEADS``).
+Worker -> producer, on a sink: a head that starts with the kind (one byte), the sending
+worker's id and its token (what proves it is that worker, see pipeline.py), then the kind's
+own fields (see ``HEADS``). A kind with a body (``BODIED``) carries it after the head in the
+same frame, or, when large, as a second frame.
 """
 
 from __future__ import annotations
@@ -33,10 +35,10 @@ DEFAULT_MAX_MESSAGE_SIZE = 64 * 2**20
 HELLO = b"H"      # fields: pid. The worker is connected both ways and ready. A remote worker
                   # adds two frames: the endpoint it listens on, its public key (or empty).
 HEARTBEAT = b"P"  # no fields. A remote worker is alive.
-REPLY = b"R"      # fields: request id; frame 2 is the reply body.
-SHARED_REPLY = b"S"   # fields: request id; frame 2 is the size of the reply the worker wrote
-                      # over the request's body in shared memory (see arena.py).
-ERROR = b"E"      # fields: request id; frame 2 is the handler's traceback, UTF-8.
+REPLY = b"R"      # fields: request id; body: the reply.
+SHARED_REPLY = b"S"   # fields: request id; body: the size of the reply the worker wrote over
+                      # the request's body in shared memory (see arena.py).
+ERROR = b"E"      # fields: request id; body: the handler's traceback, UTF-8.
 
 HEADS = {
     HELLO: struct.Struct("!cQQI"),
@@ -45,7 +47,9 @@ HEADS = {
     SHARED_REPLY: struct.Struct("!cQQQ"),
     ERROR: struct.Struct("!cQQQ"),
 }
-FRAME_COUNTS = {HELLO: (1, 3), HEARTBEAT: (1,), REPLY: (2,), SHARED_REPLY: (2,), ERROR: (2,)}
+FRAME_COUNTS = {HELLO: (1, 3), HEARTBEAT: (1,), REPLY: (1, 2), SHARED_REPLY: (1, 2),
+                ERROR: (1, 2)}
+BODIED = (REPLY, SHARED_REPLY, ERROR)
 SIZE = struct.Struct("!Q")
 MAX_ENDPOINT = 255          # bytes of a remote worker's tcp:// endpoint
 KEY_SIZES = (0, 40)         # a remote worker's public key: none, or Z85 text
@@ -121,51 +125,80 @@ def send_frames(sock: zmq.Socket, frames: list, flags: int = 0, copy: bool = Tru
         sock.send(frame, flags | SNDMORE if i < last else flags, copy=copy)
 
 
-_IDS: dict[int, struct.Struct] = {}     # n -> the Struct of n ids: made once, not per call
+_STRUCTS: dict[str, struct.Struct] = {}     # made once, not per call
 
 
-def ids_struct(count: int) -> struct.Struct:
-    layout = _IDS.get(count)
+def layout_of(fmt: str) -> struct.Struct:
+    layout = _STRUCTS.get(fmt)
     if layout is None:
-        layout = _IDS[count] = struct.Struct("!%dQ" % count)
+        layout = struct.Struct(fmt)
+        if len(_STRUCTS) < 1024:        # the counts a window allows; never one per message
+            _STRUCTS[fmt] = layout
     return layout
 
 
 def pack_ids(ids: list[int] | tuple[int, ...]) -> bytes:
-    return ids_struct(len(ids)).pack(*ids)
+    return layout_of("!%dQ" % len(ids)).pack(*ids)
 
 
 def unpack_ids(data: bytes, offset: int = 0) -> tuple[int, ...]:
     size = len(data) - offset
     if size % ID.size:
         raise BadMessage("an id list of %d bytes" % size)
-    return ids_struct(size // ID.size).unpack_from(data, offset)
+    return layout_of("!%dQ" % (size // ID.size)).unpack_from(data, offset)
 
 
 BATCH = struct.Struct("!QQ")       # epoch, the first request's sequence number
+PACKED = struct.Struct("!QQI")     # the same, and how many requests the frame packs
 SHARED_BIT = 1 << 63               # set in a batch's id: its frame is a body's place in the arena
+Batch = list[tuple[int, int, int, memoryview, bool]]
 
 
 def send_batch(sock: zmq.Socket, ids: list[int], payloads: list, epoch: int = 0,
                seq: int = 0) -> None:
     """Producer -> worker: requests in one message. Raises zmq.Again if it cannot take it."""
-    small = sum(len(p) for p in payloads) < ZERO_COPY_MIN
-    head = ids_struct(len(ids) + 2).pack(epoch, seq, *ids)
-    send_frames(sock, [head] + payloads, NOBLOCK, copy=small)
+    count = len(ids)
+    lengths = [len(p) for p in payloads]
+    if sum(lengths) < ZERO_COPY_MIN:
+        head = layout_of("!QQI%dQ%dI" % (count, count)).pack(epoch, seq, count, *ids, *lengths)
+        sock.send(b"".join([head, *payloads]), NOBLOCK)
+    else:
+        head = layout_of("!%dQ" % (count + 2)).pack(epoch, seq, *ids)
+        send_frames(sock, [head] + payloads, NOBLOCK, copy=False)
 
 
-def decode_batch(frames: list[zmq.Frame]) -> list[tuple[int, int, int, zmq.Frame, bool]]:
-    """Worker side of ``send_batch``: (epoch, seq, request id, payload frame, shared) each;
-    ``shared`` (``SHARED_BIT`` in the id) says the frame names the body's place in the
+def decode_batch(frames: list) -> Batch:
+    """Worker side of ``send_batch``: (epoch, seq, request id, payload, shared) each;
+    ``shared`` (``SHARED_BIT`` in the id) says the payload names the body's place in the
     shared arena (see arena.py)."""
-    head = frames[0].bytes
+    if len(frames) == 1:
+        return decode_packed(frame_view(frames[0]))
+    head = frame_bytes(frames[0])
     if len(head) < BATCH.size:
         raise BadMessage("a batch head of %d bytes" % len(head))
     epoch, seq, *ids = unpack_ids(head)
     if len(ids) != len(frames) - 1:
         raise BadMessage("%d ids for %d payloads" % (len(ids), len(frames) - 1))
-    return [(epoch, seq + i, ids[i] & ~SHARED_BIT, frames[i + 1], ids[i] >= SHARED_BIT)
+    return [(epoch, seq + i, ids[i] & ~SHARED_BIT, frames[i + 1].buffer, ids[i] >= SHARED_BIT)
             for i in range(len(ids))]
+
+
+def decode_packed(view: memoryview) -> Batch:
+    if len(view) < PACKED.size:
+        raise BadMessage("a batch of %d bytes" % len(view))
+    epoch, seq, count = PACKED.unpack_from(view)
+    at = PACKED.size + 12 * count
+    if at > len(view):
+        raise BadMessage("a batch of %d requests in %d bytes" % (count, len(view)))
+    fields = layout_of("!%dQ%dI" % (count, count)).unpack_from(view, PACKED.size)
+    if at + sum(fields[count:]) != len(view):
+        raise BadMessage("a batch whose lengths do not add up to its size")
+    batch = []
+    for i in range(count):
+        end = at + fields[count + i]
+        batch.append((epoch, seq + i, fields[i] & ~SHARED_BIT, view[at:end], fields[i] >= SHARED_BIT))
+        at = end
+    return batch
 
 
 class BadMessage(Exception):
@@ -173,13 +206,15 @@ class BadMessage(Exception):
 
 
 class Message(NamedTuple):
-    """One decoded worker message: ``field`` is the pid (HELLO) or a request id."""
+    """One decoded worker message: ``field`` is the pid (HELLO) or a request id; ``body`` is
+    a ``BODIED`` kind's body, wherever it travelled."""
 
     kind: bytes
     worker_id: int
     token: int
     field: int
     frames: list
+    body: memoryview | None = None
 
 
 def encode_head(kind: bytes, worker_id: int, token: int, field: int | None = None) -> bytes:
@@ -193,21 +228,27 @@ def frame_bytes(frame: zmq.Frame | bytes) -> bytes:
     return frame.bytes if isinstance(frame, zmq.Frame) else bytes(frame)
 
 
+def frame_view(frame: zmq.Frame | bytes) -> memoryview:
+    return frame.buffer if isinstance(frame, zmq.Frame) else memoryview(frame)
+
+
 def decode(frames: list) -> Message:
     """Validate and decode one message from a sink; BadMessage says what is wrong."""
-    head = frame_bytes(frames[0])
-    kind = head[:1]
+    first = frame_view(frames[0])
+    kind = bytes(first[:1])
     layout = HEADS.get(kind)
     if layout is None:
         raise BadMessage("unknown kind %r" % kind)
-    if len(head) != layout.size:
-        raise BadMessage("a %r head of %d bytes, not %d" % (kind, len(head), layout.size))
     if len(frames) not in FRAME_COUNTS[kind]:
         raise BadMessage("a %r message of %d frames" % (kind, len(frames)))
+    inline = kind in BODIED and len(frames) == 1        # the body follows the head
+    if len(first) < layout.size or (len(first) > layout.size and not inline):
+        raise BadMessage("a %r head of %d bytes, not %d" % (kind, len(first), layout.size))
+    body = first[layout.size:] if inline else frame_view(frames[1]) if kind in BODIED else None
     if kind == HELLO and len(frames) == 3:
         check_hello(frame_bytes(frames[1]), frame_bytes(frames[2]))
-    fields = layout.unpack(head)
-    return Message(kind, fields[1], fields[2], fields[3] if len(fields) > 3 else 0, frames)
+    fields = layout.unpack_from(first)
+    return Message(kind, fields[1], fields[2], fields[3] if len(fields) > 3 else 0, frames, body)
 
 
 def check_hello(endpoint: bytes, key: bytes) -> None:

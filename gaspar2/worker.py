@@ -92,7 +92,7 @@ class Worker:
         self.parent_pid = parent_pid
         self.slow_min = slow_min
         self.typical = 0.0              # moving average of handler time, seconds
-        self.queue: collections.deque[tuple[int, int, int, zmq.Frame, bool]] = collections.deque()
+        self.queue: collections.deque[tuple[int, int, int, memoryview, bool]] = collections.deque()
         self.waiting = False            # in recv, where a TERM may interrupt it
         self.serving = False            # set up and connected
         self.stopping = False
@@ -143,7 +143,7 @@ class Worker:
         except StopNow:
             return
 
-    def _next_job(self) -> tuple[int, zmq.Frame, float] | None:
+    def _next_job(self) -> tuple[int, memoryview, bool, float] | None:
         """Claim the next request, waiting for one; None when it is time to exit. A request
         the producer took back meanwhile is skipped: another worker runs it."""
         while True:
@@ -178,7 +178,7 @@ class Worker:
     def _control(self, frames: list[Any]) -> None:
         """A control message from the producer (remote workers act on them)."""
 
-    def _run(self, request_id: int, payload: zmq.Frame, shared: bool, began: float) -> None:
+    def _run(self, request_id: int, payload: memoryview, shared: bool, began: float) -> None:
         try:
             body = reply_bytes(self.consumer.handle(self._body(payload, shared)))
         except BaseException:       # SystemExit, KeyboardInterrupt: fail the request alone
@@ -192,13 +192,13 @@ class Worker:
         self.typical += (min(done - began, slow_after) - self.typical) * 0.2
         self.progress.done(self.slot, slow_after, done)
 
-    def _body(self, frame: zmq.Frame, shared: bool) -> bytes | memoryview:
+    def _body(self, payload: memoryview, shared: bool) -> bytes | memoryview:
         """What the handler gets: bytes, or a memoryview if it takes one (no copy)."""
         if not shared:
-            return frame.buffer if self.as_view else frame.bytes
+            return payload if self.as_view else bytes(payload)
         if self.arena is None:
             raise ValueError("a shared body, and no shared memory here")
-        offset, size, capacity = place(self.arena, frame.bytes)
+        offset, size, capacity = place(self.arena, payload)
         self.place = offset, capacity
         view = self.arena[offset:offset + size]
         return view if self.as_view else bytes(view)
@@ -213,16 +213,17 @@ class Worker:
         if self.place is not None and size <= self.place[1]:
             assert self.arena is not None       # over the body, in the arena: no copy out
             self.arena[self.place[0]:self.place[0] + size] = memoryview(body).cast("B")
-            self.push.send(self._head(wire.SHARED_REPLY, request_id), wire.SNDMORE)
-            self.push.send(wire.SIZE.pack(size))
-            return
-        self.push.send(self._head(wire.REPLY, request_id), wire.SNDMORE)
-        self.push.send(body, 0, copy=size < wire.ZERO_COPY_MIN)
+            self.push.send(self._head(wire.SHARED_REPLY, request_id) + wire.SIZE.pack(size))
+        elif size < wire.ZERO_COPY_MIN:
+            self.push.send(b"".join((self._head(wire.REPLY, request_id), body)))
+        else:
+            self.push.send(self._head(wire.REPLY, request_id), wire.SNDMORE)
+            self.push.send(body, 0, copy=False)
 
     def _fail(self, request_id: int, text: str) -> None:
         text = "worker %d (pid %d):\n%s" % (self.id, os.getpid(), text)
-        self.push.send(self._head(wire.ERROR, request_id), wire.SNDMORE)
-        self.push.send(text.encode("utf-8", "replace")[-MAX_TRACEBACK:])
+        body = text.encode("utf-8", "replace")[-MAX_TRACEBACK:]
+        self.push.send(self._head(wire.ERROR, request_id) + body)
 
     def _slow_after(self) -> float:
         """Longer than this is slow: what this worker holds behind it goes to others."""

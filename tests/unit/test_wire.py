@@ -2,6 +2,8 @@
 
 from hypothesis import given, settings, strategies as st
 
+import zmq
+
 from gaspar2 import wire
 
 
@@ -10,7 +12,10 @@ KEY = b"x" * 40
 
 def test_each_kind_round_trips_with_its_sender_and_token():
     head = wire.encode_head(wire.REPLY, 7, 99, 42)
-    assert wire.decode([head, b"body"]) == (wire.REPLY, 7, 99, 42, [head, b"body"])
+    assert wire.decode([head, b"body"])[:5] == (wire.REPLY, 7, 99, 42, [head, b"body"])
+    assert wire.decode([head, b"body"]).body == b"body"
+    assert wire.decode([head + b"body"]).body == b"body"        # small: in the head's frame
+    assert wire.decode([head]).body == b""
     head = wire.encode_head(wire.HELLO, 3, 5, 999)
     assert wire.decode([head])[:4] == (wire.HELLO, 3, 5, 999)
     assert wire.decode([head, b"tcp://h:1", KEY]).kind == wire.HELLO
@@ -23,7 +28,7 @@ def test_malformed_messages_are_refused_with_a_reason():
     hello = wire.encode_head(wire.HELLO, 1, 0, 2)
     for frames, reason in [
         ([b"H"], "head of 1 bytes"),
-        ([reply], "of 1 frames"),
+        ([reply[:-1]], "head of 24 bytes"),
         ([reply, b"a", b"b"], "of 3 frames"),
         ([reply + b"x", b"body"], "head of 26 bytes"),
         ([reply[:-1], b"body"], "head of 24 bytes"),
@@ -54,6 +59,7 @@ def test_random_frames_decode_or_are_refused(frames):
     except wire.BadMessage:
         return
     assert message.kind in wire.HEADS and len(frames) in wire.FRAME_COUNTS[message.kind]
+    assert (message.body is not None) == (message.kind in wire.BODIED)
     assert all(isinstance(n, int) for n in message[1:4])
 
 
@@ -79,6 +85,7 @@ def test_a_welcome_is_a_control_message_and_a_batch_is_not():
     assert wire.decode_welcome(welcome) == (2**64 - 1, 1234)
     assert not wire.is_control([wire.pack_ids([1]), b"payload"])
     assert not wire.is_control([wire.pack_ids([])])
+    assert not wire.is_control(sent_batch([], []))
     for bad in ([b"W"], [b"W", b"short"], [b"X", bytes(16)]):
         try:
             wire.decode_welcome(bad)
@@ -108,3 +115,45 @@ def test_channel_records_survive_any_split(records, cuts):
     for a, b in zip([0] + points, points + [len(data)]):
         got.extend(reader.feed(data[a:b]))
     assert got == records and reader.buffer == b""
+
+
+def sent_batch(ids, payloads, epoch=0, seq=0):
+    """What send_batch puts on a real (inproc) ZeroMQ socket, as the worker receives it."""
+    ctx = zmq.Context()
+    try:
+        push, pull = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL)
+        pull.bind("inproc://batch")
+        push.connect("inproc://batch")
+        wire.send_batch(push, ids, payloads, epoch, seq)
+        return pull.recv_multipart(copy=False)
+    finally:
+        ctx.destroy(linger=0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(requests=st.lists(st.tuples(st.integers(0, 2**63 - 1), st.booleans(),
+                                   st.binary(max_size=300)), max_size=9),
+       large=st.booleans(), epoch=st.integers(0, 2**64 - 1), seq=st.integers(0, 2**40))
+def test_batches_round_trip_packed_or_in_frames(requests, large, epoch, seq):
+    """Small batches travel as one frame, a batch with a large payload as one frame per
+    payload; either way the worker gets every id, flag and payload back, in order."""
+    if large and requests:
+        requests[0] = (requests[0][0], False, bytes(wire.ZERO_COPY_MIN))
+    ids = [rid | (wire.SHARED_BIT if shared else 0) for rid, shared, _ in requests]
+    frames = sent_batch(ids, [p for _, _, p in requests], epoch, seq)
+    assert len(frames) == (1 + len(requests) if large and requests else 1)
+    batch = wire.decode_batch(frames)
+    assert [(e, s, rid, bytes(p), sh) for e, s, rid, p, sh in batch] == [
+        (epoch, seq + i, rid, payload, shared) for i, (rid, shared, payload) in enumerate(requests)]
+
+
+@settings(max_examples=500)
+@given(data=st.binary(max_size=120), count=st.integers(0, 2**32 - 1))
+def test_a_packed_batch_decodes_or_is_refused(data, count):
+    """Whatever the count and lengths claim, decode checks them against the frame's size."""
+    for view in (memoryview(data), memoryview(wire.PACKED.pack(1, 2, count) + data)):
+        try:
+            batch = wire.decode_packed(view)
+        except wire.BadMessage:
+            continue
+        assert sum(len(p) for *_, p, _ in batch) + wire.PACKED.size + 12 * len(batch) == len(view)
