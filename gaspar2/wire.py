@@ -196,7 +196,8 @@ def decode_packed(view: memoryview) -> Batch:
     batch = []
     for i in range(count):
         end = at + fields[count + i]
-        batch.append((epoch, seq + i, fields[i] & ~SHARED_BIT, view[at:end], fields[i] >= SHARED_BIT))
+        rid = fields[i]
+        batch.append((epoch, seq + i, rid & ~SHARED_BIT, view[at:end], rid >= SHARED_BIT))
         at = end
     return batch
 
