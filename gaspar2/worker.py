@@ -169,14 +169,22 @@ class Worker:
         if frames is None:
             self.progress.beat(self.slot, time.monotonic())    # idle, and alive
             return
-        self.contact = time.monotonic()
         if wire.is_control(frames):
-            self._control(frames)
+            heard = self._control(frames)
         else:
-            self.queue.extend(wire.decode_batch(frames))
+            try:    # a remote worker's endpoint without CURVE takes pushes from anyone
+                self.queue.extend(wire.decode_batch(frames))
+                heard = True
+            except wire.BadMessage as exc:
+                log.warning("worker %d: dropped a malformed batch: %s", self.id, exc)
+                heard = False
+        if heard:
+            self.contact = time.monotonic()
 
-    def _control(self, frames: list[Any]) -> None:
-        """A control message from the producer (remote workers act on them)."""
+    def _control(self, frames: list[Any]) -> bool:
+        """A control message from the producer (remote workers act on them); True if it
+        was one."""
+        return False
 
     def _run(self, request_id: int, payload: memoryview, shared: bool, began: float) -> None:
         try:

@@ -80,17 +80,18 @@ class RemoteWorker(Worker):
         push.connect(self.sink)
         return push
 
-    def _control(self, frames: list) -> None:
+    def _control(self, frames: list) -> bool:
         """The producer's WELCOME: the token to carry from now on, and the reply limit."""
         try:
             self.token, self.max_reply_size = wire.decode_welcome(frames)
         except wire.BadMessage as exc:
             log.warning("remote worker: ignored a control message: %s", exc)
-            return
+            return False
         try:
             self.welcomed.release()
         except RuntimeError:
             pass                # released already: the heartbeat has not gone out yet
+        return True
 
     def _hello(self) -> None:
         head = self._head(wire.HELLO, os.getpid())

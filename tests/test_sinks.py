@@ -213,3 +213,23 @@ def test_curve_needs_both_keys(tmp_path, keys, given):  # noqa: F811
     assert server.wait_exit() == 1
     assert "CURVE needs both --curve-secret-key and --curve-authorized" in server.log()
     server.stop()
+
+
+def test_malformed_batches_pushed_to_a_remote_worker_are_dropped(serve, plain_groups, attacker):
+    """A remote worker's own endpoint, without CURVE, takes pushes from anyone: a batch that
+    does not decode is dropped and logged, and the worker serves on."""
+    server, endpoint = serve_plain_remote(serve, "--workers", "1")
+    group = plain_groups(endpoint, workers=1)
+    joined = wait_for(lambda: re.search(r"joined from (tcp://\S+)", server.log()),
+                      message="the remote worker joined")
+    pids = wait_for(lambda: len(group.pids()) == 1 and group.pids())
+    push = attacker(joined.group(1))
+    bad = [[b"xx"], [wire.PACKED.pack(0, 1, 5)], [wire.PACKED.pack(0, 1, 2**32 - 1)],
+           [wire.PACKED.pack(0, 1, 1) + struct.pack("!QI", 7, 99) + b"short"],
+           [b"short", b"payload"], [wire.pack_ids([0, 1, 2, 3]), b"one payload"]]
+    for frames in bad:
+        push.send_multipart(frames)
+    wait_for(lambda: group.log_path.read_text().count("dropped a malformed batch") == len(bad),
+             message="every malformed batch dropped")
+    assert group.pids() == pids
+    assert set(pids) <= pids_serving(server)
