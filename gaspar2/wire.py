@@ -163,8 +163,7 @@ def send_batch(sock: zmq.Socket, ids: list[int], payloads: list, epoch: int = 0,
         head = layout_of("!QQI%dQ%dI" % (count, count)).pack(epoch, seq, count, *ids, *lengths)
         sock.send(b"".join([head, *payloads]), NOBLOCK)
     else:
-        head = layout_of("!%dQ" % (count + 2)).pack(epoch, seq, *ids)
-        send_frames(sock, [head] + payloads, NOBLOCK, copy=False)
+        send_frames(sock, [pack_ids([epoch, seq, *ids])] + payloads, NOBLOCK, copy=False)
 
 
 def decode_batch(frames: list) -> Batch:
