@@ -10,7 +10,8 @@ import os
 from report import SERVER_ORDER
 
 COLOURS = {"c-echo": "#8c8c8c", "gevent-inline": "#4c72b0", "asyncio-ppe": "#dd8452",
-           "plain-processes": "#8172b3", "design-card": "#c44e52", "gaspar2": "#55a868"}
+           "plain-processes": "#8172b3", "design-card": "#c44e52", "shape-floor": "#937860",
+           "gaspar2": "#55a868"}
 
 
 def bars(ax, results, key):

@@ -1,6 +1,7 @@
 """The ratios gaspar2 is judged by, and the text report of a run's results."""
 
-SERVER_ORDER = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card", "gaspar2")
+SERVER_ORDER = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card",
+                "shape-floor", "gaspar2")
 
 # (label, numerator point, denominator point, which way is better, goal)
 # A point is (workload, server, key) in the table of medians.
@@ -29,6 +30,19 @@ RATIOS = [
      ("echo-100B-c1", "gaspar2", "p50_ms"), ("echo-100B-c1", "design-card", "p50_ms"), "lower", None),
     ("sha256 1 ms calls/s, gaspar2 / design-card",
      ("sha-1ms-c32", "gaspar2", "rps"), ("sha-1ms-c32", "design-card", "rps"), "higher", None),
+    # The shape with nothing but its shape (shape_floor.py): what the goals above leave of it.
+    ("echo 100 B c=32 req/s, shape-floor / gevent-inline",
+     ("echo-100B-c32", "shape-floor", "rps"), ("echo-100B-c32", "gevent-inline", "rps"), "higher", None),
+    ("echo 100 B c=1 p50, shape-floor / gevent-inline",
+     ("echo-100B-c1", "shape-floor", "p50_ms"), ("echo-100B-c1", "gevent-inline", "p50_ms"), "lower", None),
+    ("sha256 1 ms calls/s, shape-floor / plain-processes",
+     ("sha-1ms-c32", "shape-floor", "rps"), ("sha-1ms-c32", "plain-processes", "rps"), "higher", None),
+    ("echo 100 B c=32 req/s, gaspar2 / shape-floor",
+     ("echo-100B-c32", "gaspar2", "rps"), ("echo-100B-c32", "shape-floor", "rps"), "higher", None),
+    ("echo 100 B c=1 p50, gaspar2 / shape-floor",
+     ("echo-100B-c1", "gaspar2", "p50_ms"), ("echo-100B-c1", "shape-floor", "p50_ms"), "lower", None),
+    ("sha256 1 ms calls/s, gaspar2 / shape-floor",
+     ("sha-1ms-c32", "gaspar2", "rps"), ("sha-1ms-c32", "shape-floor", "rps"), "higher", None),
     ("quick p99 with 200 ms jobs / alone, gaspar2",
      ("mixed-c32", "gaspar2", "p99_ms"), ("quick-c32", "gaspar2", "p99_ms"), "lower", 3.0),
     # A GIL-holding job also takes a core from the quick requests: shown, not judged.

@@ -26,10 +26,12 @@ import time
 from common import BUILD, HERE, ROOT, Server, build, load_handler
 from report import format_report, target_ratios
 
-SERVERS = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card", "gaspar2")
+SERVERS = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card", "shape-floor",
+           "gaspar2")
 ECHO, SHA, SLEEP = "gaspar2.examples:echo", "gaspar2.examples:sha256_chain", "gaspar2.examples:sleep"
 BACKTRACK = "gaspar2.examples:backtrack"
 NET = ("gevent-inline", "asyncio-ppe", "design-card", "gaspar2")
+FLOOR = ("shape-floor",)      # the shape's own ceiling, on the small-request points only
 KERNEL_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPTimeouts", "RetransSegs")
 
 
@@ -77,7 +79,8 @@ def make_workloads(files):
         return path
 
     echo_servers = ("c-echo",) + NET
-    points = [Workload("echo-100B-c%d" % c, ECHO, c, echo_servers, ["-s", "100"]) for c in (1, 32, 256)]
+    points = [Workload("echo-100B-c%d" % c, ECHO, c, echo_servers + (FLOOR if c < 256 else ()),
+                       ["-s", "100"]) for c in (1, 32, 256)]
     # The load generator's own ceiling: all its threads against the C server.
     threads = os.cpu_count() or 1
     points.append(Workload("echo-100B-c32-j%d" % threads, ECHO, 32, ("c-echo",),
@@ -91,7 +94,8 @@ def make_workloads(files):
         message = b"%d" % rounds
         name = "sha-%dms-c32" % ms
         calibration[name] = rounds
-        points.append(Workload(name, SHA, 32, NET + ("plain-processes",),
+        servers = NET + ("plain-processes",) + (FLOOR if ms == 1 else ())
+        points.append(Workload(name, SHA, 32, servers,
                                ["-f", write(name + ".in", message), "-e", write(name + ".out", chain(message))],
                                message=message.decode()))
     quick, slow = write("quick.in", b"0"), write("slow.in", b"0.2")
@@ -127,6 +131,8 @@ def server_command(server, handler, workers):
         "asyncio-ppe": [py, os.path.join(HERE, "asyncio_ppe.py"), handler, "--port", "0",
                         "--workers", str(workers)],
         "design-card": [py, os.path.join(HERE, "design_card.py"), handler, "--port", "0",
+                        "--workers", str(workers)],
+        "shape-floor": [py, os.path.join(HERE, "shape_floor.py"), handler, "--port", "0",
                         "--workers", str(workers)],
         "gaspar2": [py, "-m", "gaspar2", "serve", handler, "--port", "0", "--workers", str(workers)],
     }[server.split("@")[0]]
