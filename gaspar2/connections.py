@@ -301,8 +301,7 @@ class FrontEnd(Acceptor):
     def reply(self, conn: Connection, body: memoryview) -> None:
         conn.size_out = len(body)
         conn.payload = None                 # the worker is done with it
-        self._hold(conn, len(body), reply=True)
-        self._write(conn, body)
+        self._write(conn, body)             # charged to the budget only if it must wait
 
     def _write(self, conn: Connection, view: memoryview) -> None:
         try:
@@ -321,6 +320,7 @@ class FrontEnd(Acceptor):
             return
         if conn.reply is None:
             conn.since = self.loop.now()            # write_timeout counts from here
+            self._hold(conn, conn.size_out, reply=True)
         conn.reply = view[sent:]
         if conn.watcher is not None:
             conn.watcher.close()

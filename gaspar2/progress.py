@@ -31,6 +31,7 @@ FIELDS = struct.Struct("QQQddd")  # epoch, claimed seq, running id, since, slow 
 SLOT_SIZE = 128
 EPOCH, CLAIMED, RUNNING, SINCE, SLOW, BEAT = (SEM_SIZE + 8 * i for i in range(6))
 U64, F64 = struct.Struct("Q"), struct.Struct("d")
+CLAIM = struct.Struct("QQ")       # claimed seq, running id: adjacent, written at once
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sem_init.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
@@ -93,15 +94,16 @@ class ProgressTable:
 
     def claim(self, slot: int, epoch: int, seq: int, request_id: int, now: float) -> bool:
         """Start ``request_id`` unless the producer took it back (its epoch has passed)."""
-        sem = self._sem(slot)
+        at = slot * SLOT_SIZE
+        sem = self.base + at
         while _libc.sem_wait(sem) != 0:
             if ctypes.get_errno() != errno.EINTR:
                 raise OSError(ctypes.get_errno(), "sem_wait failed")
         try:
-            if U64.unpack_from(self.map, slot * SLOT_SIZE + EPOCH)[0] != epoch:
+            if U64.unpack_from(self.map, at + EPOCH)[0] != epoch:
                 return False
-            self._put(slot, SINCE, F64.pack(now))
-            self._put(slot, CLAIMED, struct.pack("QQ", seq, request_id))
+            self.map[at + SINCE:at + SINCE + 8] = F64.pack(now)     # before RUNNING (read)
+            self.map[at + CLAIMED:at + RUNNING + 8] = CLAIM.pack(seq, request_id)
             return True
         finally:
             _libc.sem_post(sem)

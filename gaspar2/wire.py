@@ -125,27 +125,36 @@ def send_frames(sock: zmq.Socket, frames: list, flags: int = 0, copy: bool = Tru
         sock.send(frame, flags | SNDMORE if i < last else flags, copy=copy)
 
 
-_STRUCTS: dict[str, struct.Struct] = {}     # made once, not per call
+class Layouts(dict[int, struct.Struct]):
+    """``struct.Struct(fmt.format(n))`` by count ``n``, made once: a message's layout is
+    looked up, not formatted and parsed, per message. A window bounds the counts that recur;
+    at most 1024 are kept, so a peer's odd counts cannot grow it."""
+
+    def __init__(self, fmt: str):
+        super().__init__()
+        self.fmt = fmt
+
+    def __missing__(self, count: int) -> struct.Struct:
+        layout = struct.Struct(self.fmt.format(count))
+        if len(self) < 1024:
+            self[count] = layout
+        return layout
 
 
-def layout_of(fmt: str) -> struct.Struct:
-    layout = _STRUCTS.get(fmt)
-    if layout is None:
-        layout = struct.Struct(fmt)
-        if len(_STRUCTS) < 1024:        # the counts a window allows; never one per message
-            _STRUCTS[fmt] = layout
-    return layout
+IDS = Layouts("!{}Q")
+PACKED_HEAD = Layouts("!QQI{0}Q{0}I")   # epoch, seq, count, ids, lengths
+PACKED_FIELDS = Layouts("!{0}Q{0}I")    # ids, lengths
 
 
 def pack_ids(ids: list[int] | tuple[int, ...]) -> bytes:
-    return layout_of("!%dQ" % len(ids)).pack(*ids)
+    return IDS[len(ids)].pack(*ids)
 
 
 def unpack_ids(data: bytes, offset: int = 0) -> tuple[int, ...]:
     size = len(data) - offset
     if size % ID.size:
         raise BadMessage("an id list of %d bytes" % size)
-    return layout_of("!%dQ" % (size // ID.size)).unpack_from(data, offset)
+    return IDS[size // ID.size].unpack_from(data, offset)
 
 
 BATCH = struct.Struct("!QQ")       # epoch, the first request's sequence number
@@ -160,7 +169,7 @@ def send_batch(sock: zmq.Socket, ids: list[int], payloads: list, epoch: int = 0,
     count = len(ids)
     lengths = [len(p) for p in payloads]
     if sum(lengths) < ZERO_COPY_MIN:
-        head = layout_of("!QQI%dQ%dI" % (count, count)).pack(epoch, seq, count, *ids, *lengths)
+        head = PACKED_HEAD[count].pack(epoch, seq, count, *ids, *lengths)
         sock.send(b"".join([head, *payloads]), NOBLOCK)
     else:
         send_frames(sock, [pack_ids([epoch, seq, *ids])] + payloads, NOBLOCK, copy=False)
@@ -189,7 +198,7 @@ def decode_packed(view: memoryview) -> Batch:
     at = PACKED.size + 12 * count
     if at > len(view):
         raise BadMessage("a batch of %d requests in %d bytes" % (count, len(view)))
-    fields = layout_of("!%dQ%dI" % (count, count)).unpack_from(view, PACKED.size)
+    fields = PACKED_FIELDS[count].unpack_from(view, PACKED.size)
     if at + sum(fields[count:]) != len(view):
         raise BadMessage("a batch whose lengths do not add up to its size")
     batch = []

@@ -157,3 +157,12 @@ def test_a_packed_batch_decodes_or_is_refused(data, count):
         except wire.BadMessage:
             continue
         assert sum(len(p) for *_, p, _ in batch) + wire.PACKED.size + 12 * len(batch) == len(view)
+
+
+def test_layouts_are_made_once_per_count_and_kept_for_a_bounded_number_of_counts():
+    layouts = wire.Layouts("!{}Q")
+    assert layouts[3] is layouts[3]
+    assert layouts[3].size == 24
+    for count in range(2000):
+        assert layouts[count].size == 8 * count
+    assert len(layouts) == 1024
