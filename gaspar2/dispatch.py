@@ -117,11 +117,6 @@ class Dispatcher:
         for seat, requests in batches.items():
             self._send(seat, requests)
 
-    def idle_seat(self) -> bool:
-        """Whether a worker that holds nothing may take a request now."""
-        return any(not seat.held and seat.stuck_on is None and not seat.retiring
-                   for seat in self.seats.values())
-
     def _least_loaded(self, batches: dict[Seat, list[Request]]) -> Seat | None:
         best = None
         for seat in self.seats.values():

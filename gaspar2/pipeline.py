@@ -121,10 +121,7 @@ class Pipeline:
 
     def request_received(self, conn: Connection) -> None:
         self.dispatcher.submit(conn)
-        if self.dispatcher.idle_seat():
-            self._dispatch()            # a worker with nothing to do gains nothing by waiting
-        else:
-            self._schedule_dispatch()
+        self._schedule_dispatch()
 
     def accept_done(self) -> None:
         self._dispatch()                # what this wake-up read goes out together, now

@@ -398,15 +398,3 @@ def test_every_request_runs_exactly_once(steps):
     assert sorted(ran) == list(range(1, submitted + 1)), "each request ran exactly once"
     assert sorted(answered) == sorted(ran)
 
-
-def test_an_idle_seat_is_one_that_holds_nothing_and_may_take_work():
-    dispatcher, fakes, _ = make(workers=2, window=2)
-    assert dispatcher.idle_seat()
-    submit(dispatcher, 1, 2)
-    dispatcher.dispatch()
-    assert [len(s.held) for s in dispatcher.seats.values()] == [1, 1]
-    assert not dispatcher.idle_seat()           # each holds one
-    dispatcher.take(1, 1)
-    assert dispatcher.idle_seat()
-    dispatcher.retire(1)
-    assert not dispatcher.idle_seat()           # retiring: takes nothing new
