@@ -4,9 +4,11 @@ import argparse
 import importlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -33,6 +35,33 @@ def server_args(description, workers=False):
     if workers:
         parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     return parser.parse_args()
+
+
+def serve_with_workers(description, run_worker, serve):
+    """The main of a baseline with forked workers: fork ``--workers`` processes, each running
+    ``run_worker(handler, index, ipc_dir)`` (before any ZeroMQ context exists in this
+    process), then ``serve(args, ipc_dir, pids)``; the workers are killed and the ipc
+    directory removed when it returns."""
+    args = server_args(description, workers=True)
+    ipc = tempfile.mkdtemp(prefix="gaspar2-bench-")
+    handler = load_handler(args.target)
+    pids = []
+    try:
+        for index in range(args.workers):
+            pid = os.fork()
+            if pid == 0:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                try:
+                    run_worker(handler, index, ipc)
+                finally:
+                    os._exit(1)
+            pids.append(pid)
+        serve(args, ipc, pids)
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        shutil.rmtree(ipc, ignore_errors=True)
 
 
 def announce(name, host, port):

@@ -11,22 +11,19 @@ without a copy, and pyzmq still copies a smaller one (``zmq.COPY_THRESHOLD``).
 """
 
 import itertools
-import os
-import shutil
 import signal
-import tempfile
 
-from common import announce, load_handler, server_args
+from common import announce, serve_with_workers
 from gevent_inline import read_exactly, reset
 
 
-def run_worker(handler, index, endpoint, sink):
+def run_worker(handler, index, ipc):
     """A plain blocking worker: PULL requests, PUSH [index, id, ok|error, reply] back."""
     import zmq
     ctx = zmq.Context()
     pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
-    pull.bind(endpoint)
-    push.connect(sink)
+    pull.bind("ipc://%s/w%d" % (ipc, index))
+    push.connect("ipc://%s/sink" % ipc)
     me = b"%d" % index
     push.send_multipart([me, b"ready", b"", b""])
     while True:
@@ -35,20 +32,6 @@ def run_worker(handler, index, endpoint, sink):
             push.send_multipart([me, request_id, b"ok", handler(payload)], copy=False)
         except Exception:
             push.send_multipart([me, request_id, b"error", b""])
-
-
-def fork_workers(handler, count, ipc):
-    pids = []
-    for index in range(count):
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            try:
-                run_worker(handler, index, "ipc://%s/w%d" % (ipc, index), "ipc://%s/sink" % ipc)
-            finally:
-                os._exit(1)
-        pids.append(pid)
-    return pids
 
 
 def serve(args, ipc, pids):
@@ -101,18 +84,5 @@ def serve(args, ipc, pids):
     server.serve_forever()
 
 
-def main():
-    args = server_args(__doc__, workers=True)
-    ipc = tempfile.mkdtemp(prefix="gaspar2-bench-")
-    pids = fork_workers(load_handler(args.target), args.workers, ipc)
-    try:
-        serve(args, ipc, pids)
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        shutil.rmtree(ipc, ignore_errors=True)
-
-
 if __name__ == "__main__":
-    main()
+    serve_with_workers(__doc__, run_worker, serve)

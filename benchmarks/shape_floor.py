@@ -12,26 +12,23 @@ small-request points only), not a baseline to beat.
     python benchmarks/shape_floor.py MODULE:ATTR [--port P] [--workers W] [--backlog N]
 """
 
-import os
-import shutil
 import signal
 import socket
 import struct
-import tempfile
 
-from common import announce, load_handler, server_args
+from common import announce, serve_with_workers
 
 ID = struct.Struct("Q")
 RESET = struct.pack("ii", 1, 0)
 
 
-def run_worker(handler, endpoint, sink):
+def run_worker(handler, index, ipc):
     """PULL ``id + payload``, PUSH ``id + reply`` (an empty message: the handler failed)."""
     import zmq
     ctx = zmq.Context()
     pull, push = ctx.socket(zmq.PULL), ctx.socket(zmq.PUSH)
-    pull.bind(endpoint)
-    push.bind(sink)
+    pull.bind("ipc://%s/w%d" % (ipc, index))
+    push.bind("ipc://%s/s%d" % (ipc, index))
     push.send(b"ready")
     while True:
         message = pull.recv()
@@ -41,23 +38,10 @@ def run_worker(handler, endpoint, sink):
             push.send(message[:8])
 
 
-def fork_workers(handler, count, ipc):
-    pids = []
-    for index in range(count):
-        pid = os.fork()
-        if pid == 0:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            try:
-                run_worker(handler, "ipc://%s/w%d" % (ipc, index), "ipc://%s/s%d" % (ipc, index))
-            finally:
-                os._exit(1)
-        pids.append(pid)
-    return pids
-
-
-def serve(args, ipc, count):
+def serve(args, ipc, pids):
     import gevent
     import zmq
+    count = len(pids)
     loop = gevent.get_hub().loop
     ctx = zmq.Context()
     sink, pushes = ctx.socket(zmq.PULL), []
@@ -132,18 +116,5 @@ def serve(args, ipc, count):
     loop.run()
 
 
-def main():
-    args = server_args(__doc__, workers=True)
-    ipc = tempfile.mkdtemp(prefix="gaspar2-bench-")
-    pids = fork_workers(load_handler(args.target), args.workers, ipc)
-    try:
-        serve(args, ipc, len(pids))
-    finally:
-        for pid in pids:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        shutil.rmtree(ipc, ignore_errors=True)
-
-
 if __name__ == "__main__":
-    main()
+    serve_with_workers(__doc__, run_worker, serve)
