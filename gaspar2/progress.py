@@ -94,16 +94,15 @@ class ProgressTable:
 
     def claim(self, slot: int, epoch: int, seq: int, request_id: int, now: float) -> bool:
         """Start ``request_id`` unless the producer took it back (its epoch has passed)."""
-        at = slot * SLOT_SIZE
-        sem = self.base + at
+        sem = self._sem(slot)
         while _libc.sem_wait(sem) != 0:
             if ctypes.get_errno() != errno.EINTR:
                 raise OSError(ctypes.get_errno(), "sem_wait failed")
         try:
-            if U64.unpack_from(self.map, at + EPOCH)[0] != epoch:
+            if U64.unpack_from(self.map, slot * SLOT_SIZE + EPOCH)[0] != epoch:
                 return False
-            self.map[at + SINCE:at + SINCE + 8] = F64.pack(now)     # before RUNNING (read)
-            self.map[at + CLAIMED:at + RUNNING + 8] = CLAIM.pack(seq, request_id)
+            self._put(slot, SINCE, F64.pack(now))
+            self._put(slot, CLAIMED, CLAIM.pack(seq, request_id))
             return True
         finally:
             _libc.sem_post(sem)

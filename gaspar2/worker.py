@@ -39,7 +39,6 @@ log = logging.getLogger("gaspar2.worker")
 
 PARENT_CHECK_MS = 500           # an idle worker checks on its parent this often
 MAX_TRACEBACK = 32 * 1024       # bytes of a handler's traceback sent to the producer
-REPLY_HEAD = wire.HEADS[wire.REPLY]
 
 
 def reply_endpoint(ipc_dir: str, worker_id: int) -> str:
@@ -224,7 +223,7 @@ class Worker:
             self.arena[self.place[0]:self.place[0] + size] = memoryview(body).cast("B")
             self.push.send(self._head(wire.SHARED_REPLY, request_id) + wire.SIZE.pack(size))
         elif size < wire.ZERO_COPY_MIN:
-            self.push.send(REPLY_HEAD.pack(wire.REPLY, self.id, self.token, request_id) + body)
+            self.push.send(b"".join((self._head(wire.REPLY, request_id), body)))
         else:
             self.push.send(self._head(wire.REPLY, request_id), wire.SNDMORE)
             self.push.send(body, 0, copy=False)

@@ -397,4 +397,3 @@ def test_every_request_runs_exactly_once(steps):
     ran = [r for w in workers.values() for r in w.ran]
     assert sorted(ran) == list(range(1, submitted + 1)), "each request ran exactly once"
     assert sorted(answered) == sorted(ran)
-
