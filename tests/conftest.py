@@ -196,6 +196,12 @@ def serve(tmp_path):
         server.stop()
 
 
+def module_server(tmp_path_factory, target, *args):
+    """A serving Server for a module-scoped fixture, its log in a directory of its own."""
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    return Server(target, args, log).wait_serving()
+
+
 def connect(server):
     return socket.create_connection((server.host, server.port), timeout=30)
 

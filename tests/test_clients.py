@@ -19,7 +19,7 @@ import pytest
 
 import gaspar2
 
-from conftest import ROOT, Server
+from conftest import ROOT, module_server
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,22 +49,17 @@ def ok(argv, **kwargs):
 
 # Servers, the scratch copy and the builds are shared by the whole module.
 
-def start(tmp_path_factory, target, *args):
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    return Server(target, ["--workers", "1", *args], log).wait_serving()
-
-
 @pytest.fixture(scope="module")
 def echo_server(tmp_path_factory):
     """tests.handlers:work: echoes, fails on "fail", sleeps on "pid:SECONDS"."""
-    server = start(tmp_path_factory, "tests.handlers:work")
+    server = module_server(tmp_path_factory, "tests.handlers:work", "--workers", "1")
     yield server
     server.stop()
 
 
 @pytest.fixture(scope="module")
 def fail_server(tmp_path_factory):
-    server = start(tmp_path_factory, "tests.handlers:fail")
+    server = module_server(tmp_path_factory, "tests.handlers:fail", "--workers", "1")
     yield server
     server.stop()
 
@@ -77,7 +72,8 @@ def echo_server6(tmp_path_factory):
     except OSError:
         yield None
         return
-    server = start(tmp_path_factory, "tests.handlers:work", "--host", "::1")
+    server = module_server(tmp_path_factory, "tests.handlers:work", "--workers", "1",
+                           "--host", "::1")
     yield server
     server.stop()
 

@@ -11,7 +11,7 @@ import pytest
 
 from gaspar2 import client
 
-from conftest import connect, exchange, wait_for
+from conftest import connect, exchange, module_server, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 THRESHOLD = 256 * 1024
@@ -27,10 +27,8 @@ def shared_back_to_zero(server):
 
 @pytest.fixture(scope="module")
 def echo(tmp_path_factory):
-    from conftest import Server
-    server = Server("gaspar2.examples:echo", ["--workers", "2"],
-                    tmp_path_factory.mktemp("large") / "server.log")
-    yield server.wait_serving()
+    server = module_server(tmp_path_factory, "gaspar2.examples:echo", "--workers", "2")
+    yield server
     server.stop()
 
 

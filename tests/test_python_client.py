@@ -9,7 +9,7 @@ import pytest
 
 from gaspar2 import client
 
-from conftest import Server
+from conftest import module_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -17,9 +17,8 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """Echoes; ``fail`` makes the handler raise, ``pid:SECONDS`` makes it sleep."""
-    server = Server("tests.handlers:work", ["--workers", "1"],
-                    tmp_path_factory.mktemp("server") / "server.log")
-    yield server.wait_serving()
+    server = module_server(tmp_path_factory, "tests.handlers:work", "--workers", "1")
+    yield server
     server.stop()
 
 
