@@ -28,10 +28,10 @@ from typing import Any, Callable
 import zmq
 
 from . import wire
+from .arena import Arena, place
 from .consumer import Consumer, reply_bytes
 from .loading import report_setup_failure, setup_succeeded
 from .procutil import original, set_title
-from .arena import Arena, place
 from .progress import ProgressTable
 from .supervisor import EXIT_SETUP_FAILED
 
