@@ -19,7 +19,6 @@ import errno
 import itertools
 import logging
 import socket
-import struct
 from typing import Any, Protocol
 
 from . import frames, wire
@@ -27,14 +26,12 @@ from .arena import Arena, Region
 from .budget import Budget, Readers
 from .fds import FdReserve
 from .guard import Throttled, guarded
+from .listeners import DONTWAIT, FIN_ON_CLOSE, RESET_ON_CLOSE
 
 log = logging.getLogger("gaspar2")
 
 READ, WRITE = 1, 2
-RESET_ON_CLOSE = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a RST
-FIN_ON_CLOSE = struct.pack("ii", 0, 0)
 ACCEPTS_PER_WAKEUP = 64
-DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 ACCEPT_PAUSE = 0.1             # out of file descriptors: wait this long before accepting again
 
 

@@ -25,6 +25,7 @@ from .settings import host_port
 log = logging.getLogger("gaspar2")
 
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a RST
+FIN_ON_CLOSE = struct.pack("ii", 0, 0)       # SO_LINGER off: close() ends in order
 DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 PEEK = DONTWAIT | socket.MSG_PEEK
 
