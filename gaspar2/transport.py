@@ -134,24 +134,21 @@ class Transport:
             except zmq.Again:
                 return True
             most -= 1
-            self._act(frames, local, curve)
+            try:
+                message = wire.decode(frames)
+            except wire.BadMessage as exc:
+                self.events.message_dropped(
+                    "malformed", "%s sink: %s" % ("local" if local else "remote", exc))
+            else:
+                try:
+                    self.events.message(message, local,
+                                        frames[0].get("User-Id") if curve else None)
+                except Exception:
+                    errors.log(logging.ERROR, "message", "error acting on a %r message, "
+                               "going on", message.kind, exc_info=True)
             if not sock.getsockopt(wire.EVENTS) & wire.POLLIN:
                 return True
         return False
-
-    def _act(self, frames: list[Any], local: bool, curve: bool) -> None:
-        """Validate one message and hand it on; a malformed one is only counted."""
-        try:
-            message = wire.decode(frames)
-        except wire.BadMessage as exc:
-            self.events.message_dropped(
-                "malformed", "%s sink: %s" % ("local" if local else "remote", exc))
-            return
-        try:
-            self.events.message(message, local, frames[0].get("User-Id") if curve else None)
-        except Exception:
-            errors.log(logging.ERROR, "message", "error acting on a %r message, going on",
-                       message.kind, exc_info=True)
 
     def close(self) -> None:
         for watcher in self.watchers:
