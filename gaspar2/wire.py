@@ -6,17 +6,19 @@ one is reported as data (``FrameError.kind``, ``BadMessage``), never as text to 
 
 Client frame: a 4-byte unsigned length in network byte order, then that many payload bytes.
 
-Producer -> worker, one ZeroMQ message per batch. Its head packs the epoch and the first
-sequence number the batch is sent with (see progress.py), then one unsigned 64-bit request id
-per payload. Small batches are one frame, ``head + count + lengths + payloads`` (every ZeroMQ
-part costs a call on both sides); a batch carrying a large payload is ``[head, payload, ...]``
-so that each large payload goes without a copy. A control message is ``[kind, body]`` with a
-one-byte first frame: ``WELCOME`` answers a remote worker's HELLO.
+Producer -> worker, one ZeroMQ frame per batch, whatever its size: the kind ``B``, the epoch
+and the first sequence number the batch is sent with (see progress.py), the count, one
+unsigned 64-bit request id and one 32-bit length per payload, then the payloads. A frame whose
+lengths do not add up to its size exactly, or a batch in more than one frame, is refused: no
+transport fault can make a request of another's bytes. Sends always copy: pyzmq's zero-copy
+send starts a thread at its first use, and a watcher callback must not (a body large enough
+to be worth not copying goes through the shared arena instead). A control message is
+``[kind, body]`` with a one-byte first frame: ``WELCOME`` answers a remote worker's HELLO.
 
 Worker -> producer, on a sink: a head that starts with the kind (one byte), the sending
 worker's id and its token (what proves it is that worker, see pipeline.py), then the kind's
 own fields (see ``HEADS``). A kind with a body (``BODIED``) carries it after the head in the
-same frame, or, when large, as a second frame.
+same frame (a producer also takes it as a second frame).
 """
 
 from __future__ import annotations
@@ -63,9 +65,6 @@ MISSED_BEATS = 3    # a remote worker silent for this many heartbeat intervals i
 # Plain ints: pyzmq's enum flags cost a Python-level operation on every call.
 SNDMORE, NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
-# Below this many bytes, copying into a ZeroMQ message is cheaper than a zero-copy send.
-ZERO_COPY_MIN = 64 * 1024
-ID = struct.Struct("!Q")
 
 
 # -- the client frame -------------------------------------------------------------------------
@@ -117,12 +116,13 @@ def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[zmq.Frame]:
     return frames
 
 
-def send_frames(sock: zmq.Socket, frames: list, flags: int = 0, copy: bool = True) -> None:
-    """send_multipart with plain int flags. ZeroMQ takes or refuses a message whole on its
-    first part, so only that one can raise zmq.Again."""
+def send_frames(sock: zmq.Socket, frames: list, flags: int = 0) -> None:
+    """send_multipart with plain int flags, always copying (see the module's docstring).
+    ZeroMQ takes or refuses a message whole on its first part, so only that one can raise
+    zmq.Again."""
     last = len(frames) - 1
     for i, frame in enumerate(frames):
-        sock.send(frame, flags | SNDMORE if i < last else flags, copy=copy)
+        sock.send(frame, flags | SNDMORE if i < last else flags)
 
 
 class Layouts(dict[int, struct.Struct]):
@@ -141,66 +141,46 @@ class Layouts(dict[int, struct.Struct]):
         return layout
 
 
-IDS = Layouts("!{}Q")
-PACKED_HEAD = Layouts("!QQI{0}Q{0}I")   # epoch, seq, count, ids, lengths
-PACKED_FIELDS = Layouts("!{0}Q{0}I")    # ids, lengths
-
-
-def pack_ids(ids: list[int] | tuple[int, ...]) -> bytes:
-    return IDS[len(ids)].pack(*ids)
-
-
-def unpack_ids(data: bytes, offset: int = 0) -> tuple[int, ...]:
-    size = len(data) - offset
-    if size % ID.size:
-        raise BadMessage("an id list of %d bytes" % size)
-    return IDS[size // ID.size].unpack_from(data, offset)
-
-
-BATCH = struct.Struct("!QQ")       # epoch, the first request's sequence number
-PACKED = struct.Struct("!QQI")     # the same, and how many requests the frame packs
+BATCH = b"B"
+BATCH_HEAD = Layouts("!cQQI{0}Q{0}I")   # kind, epoch, seq, count, ids, lengths
+BATCH_FIXED = struct.Struct("!cQQI")    # kind, epoch, the first request's seq, count
+BATCH_FIELDS = Layouts("!{0}Q{0}I")     # ids, lengths
+PER_REQUEST = 12                        # bytes of a request's id and length in the head
 SHARED_BIT = 1 << 63               # set in a batch's id: its frame is a body's place in the arena
 Batch = list[tuple[int, int, int, memoryview, bool]]
 
 
 def send_batch(sock: zmq.Socket, ids: list[int], payloads: list, epoch: int = 0,
                seq: int = 0) -> None:
-    """Producer -> worker: requests in one message. Raises zmq.Again if it cannot take it."""
+    """Producer -> worker: requests in one frame. Raises zmq.Again if it cannot take it."""
+    sock.send(encode_batch(ids, payloads, epoch, seq), NOBLOCK)
+
+
+def encode_batch(ids: list[int], payloads: list, epoch: int = 0, seq: int = 0) -> bytes:
     count = len(ids)
-    lengths = [len(p) for p in payloads]
-    if sum(lengths) < ZERO_COPY_MIN:
-        head = PACKED_HEAD[count].pack(epoch, seq, count, *ids, *lengths)
-        sock.send(b"".join([head, *payloads]), NOBLOCK)
-    else:
-        send_frames(sock, [pack_ids([epoch, seq, *ids])] + payloads, NOBLOCK, copy=False)
+    head = BATCH_HEAD[count].pack(BATCH, epoch, seq, count, *ids, *[len(p) for p in payloads])
+    return b"".join([head, *payloads, head[:BATCH_FIXED.size]])
 
 
 def decode_batch(frames: list) -> Batch:
     """Worker side of ``send_batch``: (epoch, seq, request id, payload, shared) each;
     ``shared`` (``SHARED_BIT`` in the id) says the payload names the body's place in the
-    shared arena (see arena.py)."""
-    if len(frames) == 1:
-        return decode_packed(frame_view(frames[0]))
-    head = frame_bytes(frames[0])
-    if len(head) < BATCH.size:
-        raise BadMessage("a batch head of %d bytes" % len(head))
-    epoch, seq, *ids = unpack_ids(head)
-    if len(ids) != len(frames) - 1:
-        raise BadMessage("%d ids for %d payloads" % (len(ids), len(frames) - 1))
-    return [(epoch, seq + i, ids[i] & ~SHARED_BIT, frames[i + 1].buffer, ids[i] >= SHARED_BIT)
-            for i in range(len(ids))]
-
-
-def decode_packed(view: memoryview) -> Batch:
-    if len(view) < PACKED.size:
-        raise BadMessage("a batch of %d bytes" % len(view))
-    epoch, seq, count = PACKED.unpack_from(view)
-    at = PACKED.size + 12 * count
-    if at > len(view):
+    shared arena (see arena.py). Refuses anything but one frame that adds up exactly."""
+    if len(frames) != 1:
+        raise BadMessage("a batch in %d frames" % len(frames))
+    view = frame_view(frames[0])
+    fixed = BATCH_FIXED.size
+    if len(view) < 2 * fixed or view[0] != BATCH[0]:
+        raise BadMessage("not a batch: %r" % bytes(view[:fixed]))
+    _, epoch, seq, count = BATCH_FIXED.unpack_from(view)
+    at = fixed + PER_REQUEST * count
+    if at + fixed > len(view):
         raise BadMessage("a batch of %d requests in %d bytes" % (count, len(view)))
-    fields = PACKED_FIELDS[count].unpack_from(view, PACKED.size)
-    if at + sum(fields[count:]) != len(view):
+    fields = BATCH_FIELDS[count].unpack_from(view, fixed)
+    if at + sum(fields[count:]) + fixed != len(view):
         raise BadMessage("a batch whose lengths do not add up to its size")
+    if view[:fixed] != view[-fixed:]:
+        raise BadMessage("a batch whose end does not repeat its start")
     batch = []
     for i in range(count):
         end = at + fields[count + i]
@@ -274,7 +254,7 @@ def encode_welcome(token: int, max_reply_size: int) -> list[bytes]:
 
 
 def is_control(frames: list) -> bool:
-    """A producer -> worker control message, not a batch (whose head is 16 + 8n bytes)."""
+    """A producer -> worker control message, not a batch (of 42 + 12n bytes or more)."""
     return len(frames[0]) == 1
 
 

@@ -222,11 +222,8 @@ class Worker:
             assert self.arena is not None       # over the body, in the arena: no copy out
             self.arena[self.place[0]:self.place[0] + size] = memoryview(body).cast("B")
             self.push.send(self._head(wire.SHARED_REPLY, request_id) + wire.SIZE.pack(size))
-        elif size < wire.ZERO_COPY_MIN:
+        else:       # one frame, copied: see wire.py for why never copy=False
             self.push.send(b"".join((self._head(wire.REPLY, request_id), body)))
-        else:
-            self.push.send(self._head(wire.REPLY, request_id), wire.SNDMORE)
-            self.push.send(body, 0, copy=False)
 
     def _fail(self, request_id: int, text: str) -> None:
         text = "worker %d (pid %d):\n%s" % (self.id, os.getpid(), text)

@@ -156,3 +156,18 @@ def log_line(message):
     import logging
     logging.getLogger("tests.handler").warning("handler says %s", message.decode())
     return message
+
+
+def gate(message):
+    """``gate:PATH``: write this worker's pid to PATH, wait until PATH is gone (at most
+    300 s), then reply the pid: it keeps one worker busy for as long as a test wants.
+    Anything else is echoed."""
+    command, _, path = message.partition(b":")
+    if command != b"gate":
+        return message
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    deadline = time.monotonic() + 300
+    while os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return str(os.getpid())

@@ -148,7 +148,7 @@ def test_forged_givebacks_neither_wedge_workers_nor_run_requests_twice(serve, at
             ids = [rng.randint(1, 60) for _ in range(rng.randint(0, 5))]
             head = b"G" + struct.pack("!QQQ", rng.choice([1, 2]), rng.choice([0, 1]),
                                       rng.randint(1, 60))
-            push.send_multipart([head, wire.pack_ids(ids)])
+            push.send_multipart([head, struct.pack("!%dQ" % len(ids), *ids)])
 
     with concurrent.futures.ThreadPoolExecutor(5) as pool:
         forger = pool.submit(forge)
@@ -224,9 +224,12 @@ def test_malformed_batches_pushed_to_a_remote_worker_are_dropped(serve, plain_gr
                       message="the remote worker joined")
     pids = wait_for(lambda: len(group.pids()) == 1 and group.pids())
     push = attacker(joined.group(1))
-    bad = [[b"xx"], [wire.PACKED.pack(0, 1, 5)], [wire.PACKED.pack(0, 1, 2**32 - 1)],
-           [wire.PACKED.pack(0, 1, 1) + struct.pack("!QI", 7, 99) + b"short"],
-           [b"short", b"payload"], [wire.pack_ids([0, 1, 2, 3]), b"one payload"]]
+    fixed = wire.BATCH_FIXED
+    whole = wire.encode_batch([7], [b"payload"], 0, 1)
+    bad = [[b"xx"], [fixed.pack(b"B", 0, 1, 5)], [fixed.pack(b"B", 0, 1, 2**32 - 1)],
+           [fixed.pack(b"B", 0, 1, 1) + struct.pack("!QI", 7, 99) + b"short"],
+           [b"short", b"payload"], [whole, b"one payload"], [whole[:-1]],
+           [whole[:-3] + wire.encode_batch([], [], 0, 9)[-3:]], [b"X" + whole[1:]]]
     for frames in bad:
         push.send_multipart(frames)
     wait_for(lambda: group.log_path.read_text().count("dropped a malformed batch") == len(bad),
