@@ -23,7 +23,7 @@ import gevent.event
 from . import wire
 from .guard import guarded
 from .procutil import (close_inherited_sockets, die_with_parent, drop_inherited_hub,
-                       ignore_signals, original, set_title)
+                       ignore_signals, original, pin_malloc, set_title)
 
 log = logging.getLogger("gaspar2.forkserver")
 
@@ -152,6 +152,7 @@ def start(run_worker: RunWorker, title: str) -> tuple[int, Any]:
         ignore_signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT,
                        signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2)
         set_title(title)
+        pin_malloc()        # for the workers it forks, not the producer's host program
         ForkServer(theirs, run_worker).serve()
     except BaseException:
         log.exception("fork server crashed")

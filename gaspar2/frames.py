@@ -135,7 +135,8 @@ class FrameReader:
         n = sock.recv_into(_SCRATCH, 0, _DONTWAIT)
         if not n:
             raise FrameError(FrameError.CLOSED, len(self.header), HEADER.size, in_header=True)
-        data = self.header + _SCRATCH[:n]
+        whole = len(self.header) + n     # a header split across reads is rare: copy it then
+        data = memoryview(self.header + _SCRATCH[:n] if self.header else _SCRATCH)[:whole]
         if len(data) < HEADER.size:
             self.header = bytes(data)
             return False
@@ -149,7 +150,9 @@ class FrameReader:
         if body == length:
             self.payload = bytes(data[HEADER.size:])
         else:
-            held = self._wanted(max(body + available(sock), FIRST_CAPACITY))
+            held = self._wanted(body)       # asking the kernel how much came costs a call
+            if held < length:
+                held = self._wanted(max(body + available(sock), FIRST_CAPACITY))
             if not (held == length and self._large() and self._to_arena(data[HEADER.size:])):
                 self.buffer = bytearray(min(held, body + GROWTH_MAX))
                 self.buffer[:body] = data[HEADER.size:]

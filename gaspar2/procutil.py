@@ -41,6 +41,31 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+# glibc's mallopt parameters, and the values workers run with. By default glibc serves a
+# block over 128 KiB with a fresh mmap and gives freed heap back past 128 KiB, both limits
+# moving as the process runs: a worker whose handler allocates a few MiB per request (a
+# decoded image) can end up mapping and faulting in every page of it on every request.
+# Fixed limits keep such blocks in the heap, at the cost of holding up to TRIM_THRESHOLD of
+# freed memory per process.
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+MMAP_THRESHOLD = 32 * 2**20
+TRIM_THRESHOLD = 64 * 2**20
+
+
+def pin_malloc() -> bool:
+    """Fix glibc's mmap and trim thresholds in this process and the children it forks,
+    unless the environment sets them (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``
+    win). False where there is no glibc."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ or "MALLOC_TRIM_THRESHOLD_" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+                and mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
 def close_inherited_sockets(keep: set[int]) -> None:
     """Close every socket fd but ``keep``: client connections, listeners, ZeroMQ's own."""
     try:

@@ -122,7 +122,7 @@ SETTINGS: tuple[Setting, ...] = (
       "max-message-size)", ("--max-reply-size",), "BYTES"),
     S("buffer_limit", None, size, "bytes held for requests and replies at most; past it, "
       "request bodies wait (default: a quarter of memory)", ("--buffer-limit",), "BYTES"),
-    S("shm_threshold", 256 * 1024, size, "request bodies this large or larger, and their "
+    S("shm_threshold", 64 * 1024, size, "request bodies this large or larger, and their "
       "replies, travel between the producer and local workers in shared memory; 0: never",
       ("--shm-threshold",), "BYTES"),
     S("shm_size", 1 << 30, size, "the shared memory for them, at most (used as needed; "

@@ -25,7 +25,7 @@ import zmq
 
 from . import curve, wire
 from .consumer import Consumer, as_consumer
-from .procutil import Backoff, die_with_parent, original
+from .procutil import Backoff, die_with_parent, original, pin_malloc
 from .progress import ProgressTable
 from .remote import REMOTE_ID_MIN, limit_peer
 from .worker import Worker, prepare_process
@@ -202,6 +202,7 @@ def serve_group(spec: str, connect: str, workers: int, listen_host: str,
                             keys, server_key, heartbeat, leader, max_message_size)
 
     log.info("joining %s", connect)
+    pin_malloc()
     return WorkerGroup(spec, workers, make_worker).run()
 
 

@@ -171,3 +171,14 @@ def gate(message):
     while os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.01)
     return str(os.getpid())
+
+
+def scratch(message):
+    """Work that needs a few MiB of scratch memory per request, as a decoded image does:
+    two 3 MiB buffers, touched and freed. Under glibc's default, moving thresholds this
+    maps or trims and faults in every page of them on every request. Replies the request's
+    length and its first 32 bytes."""
+    first, second = bytearray(3 << 20), bytearray(3 << 20)
+    first[::4096] = second[::4096] = b"x" * len(first[::4096])
+    del first, second
+    return b"%d:" % len(message) + bytes(message[:32])

@@ -41,6 +41,7 @@ def parse(argv):
     parser.add_argument("--max-message-size", type=int, default=None)
     parser.add_argument("--request-timeout", type=float, default=30.0)
     parser.add_argument("--graceful-timeout", type=float, default=None)
+    parser.add_argument("--shm-threshold", type=int, default=None)
     return parser.parse_args(argv)
 
 
@@ -76,6 +77,8 @@ def main():
         options["max_message_size"] = args.max_message_size
     if args.graceful_timeout is not None:
         options["graceful_timeout"] = args.graceful_timeout
+    if args.shm_threshold is not None:
+        options["shm_threshold"] = args.shm_threshold
     producer = gaspar2.Producer(args.target, 0, processes=args.workers, **options)
     http = None
     if args.wsgi:

@@ -18,6 +18,8 @@ the limit:
 ``wsgi-patched-reverse``  the same program, monkey-patched, also serving a gevent.pywsgi
                           app whose POST endpoint hands its body to the embedded producer
                           with gaspar2.client.request; the test speaks HTTP to it.
+``*-zeromq``              ``serve-echo`` and ``patched-reverse`` with ``--shm-threshold 0``:
+                          every body travels through ZeroMQ, whatever its size.
 ``remote-echo``           ``gaspar2 serve --remote-workers`` on 127.0.0.1 with one local
                           worker and a ``gaspar2 worker`` group of two, all serving
                           tests.handlers:gate (an echo). The local worker is
@@ -27,8 +29,8 @@ the limit:
 
 What a process does only once, at its first large message, would hit only whichever size
 came first there; so a fresh producer of each mode also takes the whole sweep at once as
-its first traffic, and a fresh monkey-patched embedded producer with one worker is started
-for each size, which is its first request (with a small one sent behind it).
+its first traffic, and a fresh monkey-patched embedded producer with one worker and no
+shared memory is started for each size, which is its first request (with a small one sent behind it).
 
 Every request carries a body of its own (its size, index and round in a head, then bytes
 from a generator seeded with that head), and every reply is compared byte for byte with
@@ -89,6 +91,7 @@ THRESHOLDS = sorted({
     2 * GRAIN,                  # a region of two grains (inside the 64-256 KiB band)
     SHM_THRESHOLD,              # bodies this large go through the shared arena
     SHM_THRESHOLD + GRAIN,      # an arena region one grain larger than the least
+    4 * GRAIN,                  # shm_threshold's old default: the top of a band that failed
     READ_SLICE,                 # payload bytes read per wake-up
     MAX_MESSAGE_SIZE,           # the limit; one byte more is refused
 })
@@ -254,7 +257,11 @@ MODES = {
     "patched-reverse": ("embedded", REVERSE, True),
     "wsgi-patched-reverse": ("wsgi", REVERSE, True),
     "remote-echo": ("remote", GATE, False),
+    # Shared memory off: every body, to the largest, travels through ZeroMQ.
+    "serve-echo-zeromq": ("serve", ECHO, False),
+    "patched-reverse-zeromq": ("embedded", REVERSE, True),
 }
+NO_SHM = ("--shm-threshold", "0")
 
 
 def start_cli(name, handler, directory, *extra):
@@ -263,10 +270,10 @@ def start_cli(name, handler, directory, *extra):
     return Server(handler, args, directory / "server.log", env=environment()).wait_serving()
 
 
-def start_embedded(name, handler, directory, patch, wsgi, workers=2):
+def start_embedded(name, handler, directory, patch, wsgi, workers=2, extra=()):
     cmd = [sys.executable, os.path.join(ROOT, "tests", "sizes_app.py"), handler,
            "--workers", str(workers), "--max-message-size", str(MAX_MESSAGE_SIZE),
-           "--request-timeout", str(REQUEST_TIMEOUT), "--graceful-timeout", GRACE]
+           "--request-timeout", str(REQUEST_TIMEOUT), "--graceful-timeout", GRACE, *extra]
     cmd += ["--patch"] * patch + ["--wsgi"] * wsgi
     server = Server(None, None, directory / "server.log", env=environment(), cmd=cmd)
     server.wait_serving()
@@ -347,9 +354,11 @@ def launch(name, directory, workers=2):
     kind, handler, patch = MODES[name]
     if kind == "remote":
         return start_remote(name, handler, directory)
+    extra = NO_SHM if name.endswith("-zeromq") else ()
     if kind == "serve":
-        return Target(name, start_cli(name, handler, directory), reverse=handler == REVERSE)
-    server = start_embedded(name, handler, directory, patch, kind == "wsgi", workers)
+        return Target(name, start_cli(name, handler, directory, *extra),
+                      reverse=handler == REVERSE)
+    server = start_embedded(name, handler, directory, patch, kind == "wsgi", workers, extra)
     if kind != "wsgi":
         return Target(name, server, reverse=handler == REVERSE)
     target = WSGITarget(name, server, reverse=handler == REVERSE)
@@ -426,10 +435,10 @@ def test_a_fresh_producer_takes_the_whole_sweep_at_once(name, tmp_path):
 def test_each_size_first_in_a_fresh_monkey_patched_producer(size, tmp_path):
     # One worker, and a small second request sent once the first is at that worker: a
     # batch that reached the worker only in part would take the next one with it.
-    target = launch("patched-echo", tmp_path, workers=1)
+    target = launch("patched-reverse-zeromq", tmp_path, workers=1)
     try:
         first, second = make_body(size, 0, "first"), make_body(16, 1, "second")
-        meant = {digest(first): size, digest(second): 16}
+        meant = {digest(target.reply_for(first)): size, digest(target.reply_for(second)): 16}
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             outcomes = [pool.submit(target.outcome, first, meant, meant)]
             wait_for(lambda: outcomes[0].done() or target.server.status()["at_workers"],
