@@ -35,7 +35,7 @@ def draw(results, png_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(12, 8))
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(15, 8))
     bars(top, results, "rps")
     top.set_ylabel("requests/s (calls/s), log")
     top.legend(ncol=6, fontsize="small")

@@ -64,6 +64,37 @@ def serve_with_workers(description, run_worker, serve):
         shutil.rmtree(ipc, ignore_errors=True)
 
 
+def proc_stat(pid):
+    """The fields of /proc/PID/stat that follow the command name, or None once it is gone.
+
+    The name, in parentheses, may hold spaces and parentheses itself, so the fields start
+    after the last ")": the first one here is field 3 of proc(5), the state.
+    """
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            text = f.read()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 1:].split()
+
+
+def page_faults(pid):
+    """A process's page faults so far, minor and major (fields 10 and 12), or None once it is gone."""
+    fields = proc_stat(pid)
+    return None if fields is None else int(fields[10 - 3]) + int(fields[12 - 3])
+
+
+def children(pid):
+    """The processes whose parent (field 4) is ``pid``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            fields = proc_stat(int(name))
+            if fields is not None and int(fields[4 - 3]) == pid:
+                found.append(int(name))
+    return found
+
+
 def announce(name, host, port):
     """The readiness line the runner waits for (the same shape as gaspar2's log line)."""
     print("%s serving on %s:%d" % (name, host, port), file=sys.stderr, flush=True)

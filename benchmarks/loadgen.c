@@ -6,7 +6,7 @@
  * than any server it measures. Prints one JSON object on stdout.
  *
  *   loadgen -p PORT [-c CONC] [-j THREADS] [-d SECONDS | -n COUNT] [-w WARMUP] [-t TIMEOUT]
- *           [-s SIZE | -f PAYLOAD_FILE] [-e EXPECTED_FILE] [-H]
+ *           [-s SIZE | -f PAYLOAD_FILE] [-e EXPECTED_FILE] [-H] [-m]
  *           [-S SLOW_FILE [-E SLOW_EXPECTED_FILE] [-k EVERY]]
  *
  *   -c  concurrent requests (default 1)
@@ -18,6 +18,9 @@
  *   -s  payload of SIZE bytes (default 100);  -f  payload read from a file
  *   -e  the expected reply, from a file (default: the payload itself, i.e. echo)
  *   -H  half-close the connection after sending
+ *   -m  mark the measured window: a line "window begins" on stderr as it begins, and
+ *       "window ends" as it ends (with -n: once the last counted request is done), so
+ *       that another program can read figures of its own over the same window
  *   -S  mixed load: besides the CONC quick slots, one extra slot sends this slow payload
  *       after every EVERY (-k, default 100) quick replies, never two at once; its reply
  *       is -E (default: the slow payload). Quick and slow latencies are reported apart.
@@ -58,10 +61,10 @@ typedef struct {
 } slot_t;
 
 static struct {
-    int port, conc, threads, half_close;
+    int port, conc, threads, half_close, marks;
     long count, every;
     double duration, warmup, timeout;
-} opt = {0, 1, 1, 0, 0, 100, 5, 1, 10};
+} opt = {0, 1, 1, 0, 0, 0, 100, 5, 1, 10};
 
 /* Read-only once the threads start, but for quick_since_slow (atomic). */
 static buf_t quick_req, quick_expect, slow_req, slow_expect;
@@ -280,7 +283,7 @@ static void parse(int argc, char **argv, buf_t *payload, const char **expect, co
     int c, duration_given = 0;
     size_t size = 100;
     const char *payload_file = NULL;
-    while ((c = getopt(argc, argv, "p:c:j:d:n:w:t:s:f:e:HS:E:k:")) != -1) {
+    while ((c = getopt(argc, argv, "p:c:j:d:n:w:t:s:f:e:HmS:E:k:")) != -1) {
         switch (c) {
         case 'p': opt.port = atoi(optarg); break;
         case 'c': opt.conc = atoi(optarg); break;
@@ -293,6 +296,7 @@ static void parse(int argc, char **argv, buf_t *payload, const char **expect, co
         case 'f': payload_file = optarg; break;
         case 'e': *expect = optarg; break;
         case 'H': opt.half_close = 1; break;
+        case 'm': opt.marks = 1; break;
         case 'S': *slow = optarg; break;
         case 'E': *slow_expect = optarg; break;
         case 'k': opt.every = atol(optarg); break;
@@ -312,6 +316,18 @@ static void parse(int argc, char **argv, buf_t *payload, const char **expect, co
         payload->len = size;
         for (size_t i = 0; i < size; i++) payload->data[i] = 'a' + i % 26;
     }
+}
+
+static void sleep_until(double t) {
+    double wait = t - now();
+    if (wait > 0) {
+        struct timespec ts = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
+        nanosleep(&ts, NULL);
+    }
+}
+
+static void mark(const char *line) {
+    if (opt.marks) fprintf(stderr, "%s\n", line);
 }
 
 static void raise_fd_limit(void) {
@@ -376,13 +392,15 @@ int main(int argc, char **argv) {
     measure_to = measure_from + opt.duration;
     for (int t = 0; t < opt.threads; t++)
         if (pthread_create(&gens[t].thread, NULL, run, &gens[t])) die("pthread_create");
-    double wait = measure_from - now();
-    if (wait > 0) {
-        struct timespec ts = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
-        nanosleep(&ts, NULL);
-    }
+    sleep_until(measure_from);
     double cpu_from = cpu_seconds();
+    mark("window begins");
+    if (!opt.count) {
+        sleep_until(measure_to);
+        mark("window ends");
+    }
     for (int t = 0; t < opt.threads; t++) pthread_join(gens[t].thread, NULL);
+    if (opt.count) mark("window ends");
     double end = opt.count ? now() : measure_to;
     double seconds = end - measure_from;
     report(gens, seconds > 0 ? seconds : 1e-9, cpu_seconds() - cpu_from);

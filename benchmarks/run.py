@@ -8,12 +8,13 @@ Builds the C load generator and echo server, then runs every (workload, server) 
 per round. Within a round the servers run one after another, one at a time, each started
 fresh; their order rotates from round to round. Prints the medians over the rounds, the
 ratios gaspar2 is judged by, and the kernel's listen-queue and retransmission counters
-around each point; writes OUT/results.json, OUT/results.txt, OUT/chart.png and the
-servers' logs in OUT/logs/.
+around each point, and the page faults of the servers' worker processes per request;
+writes OUT/results.json, OUT/results.txt, OUT/chart.png and the servers' logs in OUT/logs/.
 """
 
 import argparse
 import fnmatch
+import functools
 import json
 import math
 import os
@@ -21,26 +22,31 @@ import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
 
-from common import BUILD, HERE, ROOT, Server, build, load_handler
+from common import BUILD, HERE, ROOT, Server, build, children, load_handler, page_faults
 from report import format_report, target_ratios
+from thumbnail import photo
 
 SERVERS = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card", "shape-floor",
            "gaspar2")
 ECHO, SHA, SLEEP = "gaspar2.examples:echo", "gaspar2.examples:sha256_chain", "gaspar2.examples:sleep"
 BACKTRACK = "gaspar2.examples:backtrack"
+THUMBNAIL = "benchmarks.thumbnail:thumbnail"
 NET = ("gevent-inline", "asyncio-ppe", "design-card", "gaspar2")
+WORKERS = ("asyncio-ppe", "plain-processes", "design-card", "shape-floor", "gaspar2")   # forked workers
 FLOOR = ("shape-floor",)      # the shape's own ceiling, on the small-request points only
 KERNEL_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPTimeouts", "RetransSegs")
 
 
 class Workload:
-    """One kind of load: a handler, a concurrency, the load generator's payload options."""
+    """One kind of load: a handler, a concurrency, the load generator's payload options;
+    ``message`` (ASCII) or ``message_file`` is the payload plain-processes calls with."""
 
-    def __init__(self, name, handler, conc, servers, loadgen_args, message=None):
+    def __init__(self, name, handler, conc, servers, loadgen_args, message=None, message_file=None):
         self.name, self.handler, self.conc, self.servers = name, handler, conc, servers
-        self.loadgen_args, self.message = loadgen_args, message
+        self.loadgen_args, self.message, self.message_file = loadgen_args, message, message_file
 
 
 def calibrate(seconds):
@@ -71,7 +77,8 @@ def backtrack_letters(seconds):
 
 
 def make_workloads(files):
-    """The workloads, with sha256_chain calibrated now; ``files`` is where payloads go."""
+    """The workloads, with sha256_chain calibrated now and the thumbnail's photo made once
+    (in build/); ``files`` is where payloads go."""
     def write(name, data):
         path = os.path.join(files, name)
         with open(path, "wb") as f:
@@ -85,6 +92,9 @@ def make_workloads(files):
     threads = os.cpu_count() or 1
     points.append(Workload("echo-100B-c32-j%d" % threads, ECHO, 32, ("c-echo",),
                            ["-s", "100", "-j", str(threads)]))
+    # Mid-sized requests; the 200 KiB one is about the thumbnail point's, without its work.
+    points.append(Workload("echo-64KiB-c32", ECHO, 32, echo_servers, ["-s", str(64 << 10)]))
+    points.append(Workload("echo-200KiB-c32", ECHO, 32, echo_servers, ["-s", str(200 << 10)]))
     points.append(Workload("echo-1MiB-c4", ECHO, 4, echo_servers, ["-s", str(1 << 20)]))
     points.append(Workload("echo-8MiB-c2", ECHO, 2, echo_servers, ["-s", str(8 << 20)]))
     calibration = {}
@@ -98,6 +108,12 @@ def make_workloads(files):
         points.append(Workload(name, SHA, 32, servers,
                                ["-f", write(name + ".in", message), "-e", write(name + ".out", chain(message))],
                                message=message.decode()))
+    # A real library on mid-sized requests: a JPEG of about 200 KB in, its thumbnail out.
+    jpeg = photo(os.path.join(BUILD, "photo-200KB.jpg"))
+    with open(jpeg, "rb") as f:
+        thumb = load_handler(THUMBNAIL)(f.read())
+    points.append(Workload("thumb-200KB-c32", THUMBNAIL, 32, ("asyncio-ppe", "plain-processes", "gaspar2"),
+                           ["-f", jpeg, "-e", write("thumb-200KB-c32.out", thumb)], message_file=jpeg))
     quick, slow = write("quick.in", b"0"), write("slow.in", b"0.2")
     points.append(Workload("quick-c32", SLEEP, 32, NET, ["-f", quick]))
     points.append(Workload("mixed-c32", SLEEP, 32, NET, ["-f", quick, "-S", slow, "-k", "100"]))
@@ -151,7 +167,8 @@ def export_revision(rev):
 
 
 def add_revisions(points, revisions):
-    """Servers ``gaspar2@REV`` beside gaspar2, for the workloads whose handler REV has."""
+    """Servers ``gaspar2@REV`` beside gaspar2, for the workloads whose handler REV has (a
+    handler outside gaspar2.examples, such as the thumbnail one, any REV has)."""
     extra = []
     for rev in revisions:
         where = export_revision(rev)
@@ -160,7 +177,8 @@ def add_revisions(points, revisions):
         name = "gaspar2@" + rev
         extra.append((name, where))
         for w in points:
-            if "gaspar2" in w.servers and "def %s(" % w.handler.split(":")[1] in examples:
+            module, _, attr = w.handler.partition(":")
+            if "gaspar2" in w.servers and (module != "gaspar2.examples" or "def %s(" % attr in examples):
                 w.servers = w.servers + (name,)
     return dict(extra)
 
@@ -181,33 +199,82 @@ def kernel_counters():
     return found
 
 
-def run_loadgen(workload, port, args):
-    before = kernel_counters()
+def worker_pids(server, pid):
+    """The worker processes of ``server`` (process ``pid``): gaspar2's are the children of its
+    fork server, which is the producer's only child; asyncio-ppe's pool processes and the
+    other baselines' workers are the server's own children."""
+    if server.split("@")[0] == "gaspar2":
+        return [worker for child in children(pid) for worker in children(child)]
+    return children(pid)
+
+
+def faults_of(pids):
+    """{pid: page faults so far} of those of ``pids`` still there."""
+    found = {pid: page_faults(pid) for pid in pids}
+    return {pid: n for pid, n in found.items() if n is not None}
+
+
+def add_faults(result, faults, workers):
+    """The workers' page faults over the measured window, and per verified request."""
+    result["worker_faults"] = {"workers": workers, "faults": faults}
+    result["faults_per_req"] = faults / result["requests"] if result["requests"] else None
+
+
+def run_loadgen(workload, port, args, workers=None):
+    """One point of the load generator. ``workers()``, if given, lists the server's worker
+    processes: their page faults are read as the measured window begins (marked by the
+    load generator on its stderr) and as it ends, and the difference goes in the result."""
     cmd = [os.path.join(BUILD, "loadgen"), "-p", str(port), "-c", str(workload.conc),
-           "-d", str(args.duration), "-w", str(args.warmup), "-t", "10"] + workload.loadgen_args
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True,
-                         timeout=args.warmup + args.duration + 60).stdout
+           "-d", str(args.duration), "-w", str(args.warmup), "-t", "10", "-m"] + workload.loadgen_args
+    limit = args.warmup + args.duration + 60
+    before, first, last, expired, stderr = kernel_counters(), None, None, [], []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        watchdog = threading.Timer(limit, lambda: (expired.append(limit), proc.kill()))
+        watchdog.start()
+        try:
+            for line in proc.stderr:
+                if line.strip() == "window begins" and workers:
+                    first = faults_of(workers())
+                elif line.strip() == "window ends" and first is not None:
+                    last = faults_of(first)             # the known ones first, at once
+                    last.update(faults_of(set(workers()) - set(first)))    # any started since
+                elif not line.startswith("window "):
+                    stderr.append(line)
+            out = proc.stdout.read()
+            proc.wait()
+        finally:
+            watchdog.cancel()
+    if expired:
+        raise subprocess.TimeoutExpired(cmd, limit)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd, out, "".join(stderr))
     after = kernel_counters()
     result = json.loads(out)
     result["kernel"] = {k: after[k] - before.get(k, 0) for k in after}
+    if last is not None:
+        add_faults(result, sum(n - first.get(pid, 0) for pid, n in last.items()), len(last))
     return result
 
 
 def run_plain(workload, args):
-    cmd = [sys.executable, os.path.join(HERE, "plain_processes.py"), workload.handler,
-           "--message", workload.message, "--workers", str(args.workers),
-           "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    payload = (["--message-file", workload.message_file] if workload.message_file
+               else ["--message", workload.message])
+    cmd = [sys.executable, os.path.join(HERE, "plain_processes.py"), workload.handler] + payload + [
+           "--workers", str(args.workers), "--duration", str(args.duration), "--warmup", str(args.warmup)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT,
                          timeout=args.warmup + args.duration + 120).stdout
-    return json.loads(out)
+    result = json.loads(out)
+    add_faults(result, result.pop("faults"), result["workers"])
+    return result
 
 
-def measure(server, workload, port, args):
+def measure(server, workload, port, args, pid=None):
     """One point; a failure becomes an {"error": ...} result, so the run goes on."""
     try:
         if server == "plain-processes":
             return run_plain(workload, args)
-        return run_loadgen(workload, port, args)
+        workers = functools.partial(worker_pids, server, pid) if server.split("@")[0] in WORKERS else None
+        return run_loadgen(workload, port, args, workers)
     except subprocess.CalledProcessError as exc:
         return {"error": "exit %s: %s" % (exc.returncode, (exc.stderr or "").strip()[-300:])}
     except (subprocess.TimeoutExpired, ValueError) as exc:
@@ -233,7 +300,8 @@ def run_server(server, handler, points, round_no, args, raw):
     with proc:
         for w in points:
             alive = proc.proc.poll() is None
-            result = measure(server, w, proc.port, args) if alive else {"error": "server exited; see %s" % log}
+            result = measure(server, w, proc.port, args, proc.proc.pid) if alive else {
+                "error": "server exited; see %s" % log}
             raw[w.name, server].append(result)
             progress(round_no, args, server, w, result)
 
@@ -246,6 +314,8 @@ def progress(round_no, args, server, workload, result):
         if "latency" in result:
             errors = sum(result["errors"].values())
             text += ", p99 %.2f ms, %d errors" % (result["latency"]["p99_ms"], errors)
+        if result.get("faults_per_req") is not None:
+            text += ", %.2f worker faults/req" % result["faults_per_req"]
     print("[round %d/%d] %-15s %-15s %s" % (round_no + 1, args.rounds, server, workload.name, text),
           file=sys.stderr, flush=True)
 
@@ -267,7 +337,9 @@ def run_rounds(points, args):
 
 
 def summarize(runs):
-    """Medians over the rounds that succeeded; error and kernel counts summed over all."""
+    """Medians over the rounds that succeeded; error and kernel counts summed over all.
+    ``per_round`` keeps each round's req/s (None where it failed), for the ratios judged
+    round by round."""
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return {"error": runs[-1]["error"] if runs else "not run"}
@@ -275,7 +347,11 @@ def summarize(runs):
     def med(get):
         return statistics.median(get(r) for r in ok)
 
-    row = {"rounds_ok": len(ok), "rounds": len(runs), "rps": med(lambda r: r["rps"])}
+    row = {"rounds_ok": len(ok), "rounds": len(runs), "rps": med(lambda r: r["rps"]),
+           "per_round": {"rps": [r.get("rps") for r in runs]}}
+    faults = [r["faults_per_req"] for r in ok if r.get("faults_per_req") is not None]
+    if faults:
+        row["faults_per_req"] = statistics.median(faults)
     if "latency" not in ok[0]:
         return row
     row.update({k: med(lambda r, k=k: r["latency"][k]) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")})
