@@ -60,7 +60,8 @@ async def serve(args):
     loop = asyncio.get_running_loop()
     # Start every pool process (and import the handler there) before saying ready.
     await asyncio.gather(*(loop.run_in_executor(pool, os.getpid) for _ in range(args.workers)))
-    server = await asyncio.start_server(make_handle(pool), args.host, args.port, backlog=args.backlog)
+    server = await asyncio.start_server(make_handle(pool), args.host, args.port,
+                                        backlog=args.backlog)
     stopping = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
     announce("asyncio-ppe", args.host, server.sockets[0].getsockname()[1])

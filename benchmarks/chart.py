@@ -21,7 +21,8 @@ def bars(ax, results, key):
     servers = [s for s in SERVER_ORDER if any((w, s) in rows for w in workloads)]
     width = 0.8 / max(1, len(servers))
     for i, server in enumerate(servers):
-        xs = [n + (i - (len(servers) - 1) / 2) * width for n, w in enumerate(workloads) if (w, server) in rows]
+        xs = [n + (i - (len(servers) - 1) / 2) * width for n, w in enumerate(workloads)
+              if (w, server) in rows]
         ys = [rows[w, server][key] for w in workloads if (w, server) in rows]
         ax.bar(xs, ys, width, label=server, color=COLOURS.get(server))
     ax.set_yscale("log")

@@ -79,7 +79,8 @@ def proc_stat(pid):
 
 
 def page_faults(pid):
-    """A process's page faults so far, minor and major (fields 10 and 12), or None once it is gone."""
+    """A process's page faults so far, minor and major (fields 10 and 12), or None once it is
+    gone."""
     fields = proc_stat(pid)
     return None if fields is None else int(fields[10 - 3]) + int(fields[12 - 3])
 
@@ -119,10 +120,12 @@ class Server:
 
     def __init__(self, cmd, log_path, ready_timeout=60.0, cwd=ROOT):
         self.cmd, self.log_path = cmd, log_path
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+        env = dict(os.environ,
+                   PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
         self.port = self._wait_ready(ready_timeout)
 
     def _wait_ready(self, timeout):

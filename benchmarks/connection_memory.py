@@ -21,7 +21,7 @@ from common import BUILD, Server
 from soak import vm_rss_kib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from gaspar2.settings import size  # noqa: E402
+from gaspar2.settings import size
 
 
 def open_connections(port, count, first_bytes):
@@ -61,7 +61,7 @@ def main():
     parser.add_argument("--announce", type=size, default="64MiB")
     parser.add_argument("--log", default=os.path.join(BUILD, "connection-memory.log"))
     args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     os.makedirs(BUILD, exist_ok=True)
     cmd = [sys.executable, "-m", "gaspar2", "serve", "gaspar2.examples:echo", "--port", "0",

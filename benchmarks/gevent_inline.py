@@ -15,7 +15,6 @@ from gevent.server import StreamServer
 
 from common import announce, load_handler, server_args
 
-
 # From this size on, a payload is read through a buffered file (see read_exactly).
 LARGE = 1 << 16
 

@@ -12,8 +12,9 @@ import multiprocessing
 import os
 import time
 
+from gaspar2.workers.process import pin_malloc
+
 from common import load_handler, page_faults
-from gaspar2.procutil import pin_malloc
 
 
 def work(spec, message, warmup, duration, barrier, results):

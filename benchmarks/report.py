@@ -87,7 +87,8 @@ def revision_lines(points):
             continue
         text = "%-16s gaspar2 / %s: req/s %.3f" % (workload, server, now["rps"] / at["rps"])
         if at.get("p99_ms"):
-            text += ", p50 %.3f, p99 %.3f" % (now["p50_ms"] / at["p50_ms"], now["p99_ms"] / at["p99_ms"])
+            text += ", p50 %.3f, p99 %.3f" % (now["p50_ms"] / at["p50_ms"],
+                                              now["p99_ms"] / at["p99_ms"])
         lines.append(text)
     return lines
 
@@ -107,7 +108,8 @@ def judged(name, value, better, goal, strict=False):
             met = value > goal if better == "higher" else value < goal
         else:
             met = value >= goal if better == "higher" else value <= goal
-    return {"name": name, "value": value, "better": better, "goal": goal, "strict": strict, "met": met}
+    return {"name": name, "value": value, "better": better, "goal": goal, "strict": strict,
+            "met": met}
 
 
 def worst_round(table, top, bottom, better):
@@ -115,7 +117,7 @@ def worst_round(table, top, bottom, better):
     a, b = get(table, *top[:2], "per_round"), get(table, *bottom[:2], "per_round")
     if a is None or b is None:
         return None
-    ratios = [x / y for x, y in zip(a[top[2]], b[bottom[2]]) if x is not None and y]
+    ratios = [x / y for x, y in zip(a[top[2]], b[bottom[2]], strict=False) if x is not None and y]
     if not ratios:
         return None
     return min(ratios) if better == "higher" else max(ratios)
@@ -177,7 +179,8 @@ def point_line(p):
         return head + " FAILED: " + p["error"][:100]
     faults = "%8s" % faults_text(p.get("faults_per_req"))
     if "p50_ms" not in p:
-        return head + " %10.0f%-85s%s" % (p["rps"], "  (calls/s of W plain processes, no networking)", faults)
+        return head + " %10.0f%-85s%s" % (
+            p["rps"], "  (calls/s of W plain processes, no networking)", faults)
     k = p["kernel"]
     return head + " %10.0f %9.1f %8.3f %8.3f %8.3f %8.1f %6d %5d %5d %5d %6d %5.0f%%" % (
         p["rps"], p["mb_per_s"], p["p50_ms"], p["p90_ms"], p["p99_ms"], p["max_ms"], p["errors"],
@@ -191,23 +194,26 @@ def format_report(results):
     if s.get("quick"):
         lines.append("QUICK RUN, a smoke test: a 1-second point is noise, and so are the ratios "
                      "below; goals are judged on a full run only.")
-    lines += ["%d CPUs, W=%d, %d round(s) of %.0f s points after %.1f s warm-up; medians; commit %s" % (
-        m["cpus"], s["workers"], s["rounds"], s["duration"], s["warmup"], m["commit"]), ""]
+    lines += ["%d CPUs, W=%d, %d round(s) of %.0f s points after %.1f s warm-up; medians; "
+              "commit %s" % (m["cpus"], s["workers"], s["rounds"], s["duration"], s["warmup"],
+                             m["commit"]), ""]
     lines.append("%-16s %-15s %10s %9s %8s %8s %8s %8s %6s %5s %5s %5s %6s %6s %7s" % (
         "workload", "server", "req/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
         "ovfl", "drops", "tmo", "rexmit", "lg cpu", "flt/req"))
     order = {w["name"]: i for i, w in enumerate(results["workloads"])}
-    points = sorted(results["points"], key=lambda p: (order[p["workload"]], server_rank(p["server"])))
+    points = sorted(results["points"],
+                    key=lambda p: (order[p["workload"]], server_rank(p["server"])))
     lines += [point_line(p) for p in points]
     slow = [p for p in points if "slow_p99_ms" in p]
     if slow:
         lines.append("")
         lines += ["%-16s %-15s 200 ms requests: %d, p50 %.1f ms, p99 %.1f ms" % (
-            p["workload"], p["server"], p["slow_count"], p["slow_p50_ms"], p["slow_p99_ms"]) for p in slow]
+            p["workload"], p["server"], p["slow_count"], p["slow_p50_ms"], p["slow_p99_ms"])
+            for p in slow]
     ab = revision_lines(points)
     if ab:
         lines += ["", "the current code over earlier revisions (req/s above 1: faster; "
-                  "latencies above 1: slower):"] + ab
+                  "latencies above 1: slower):", *ab]
     lines += ["", "calibrated (sha256_chain rounds, backtrack letters): " + ", ".join(
         "%s %d" % (name, c["rounds"]) for name, c in results["calibration"].items()), ""]
     for r in results["ratios"]:
@@ -216,6 +222,7 @@ def format_report(results):
         if s.get("quick") and r["goal"] is not None:
             verdict = "not judged"
         sign = (">" if r["better"] == "higher" else "<") + ("" if r.get("strict") else "=")
-        goal = "(%s is better)" % r["better"] if r["goal"] is None else "(goal %s %s)" % (sign, r["goal"])
+        goal = ("(%s is better)" % r["better"] if r["goal"] is None
+                else "(goal %s %s)" % (sign, r["goal"]))
         lines.append("%-62s %8s  %s  %s" % (r["name"], value, goal, verdict))
     return "\n".join(lines)

@@ -29,13 +29,15 @@ from common import BUILD, HERE, ROOT, Server, build, children, load_handler, pag
 from report import format_report, target_ratios
 from thumbnail import photo
 
-SERVERS = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card", "shape-floor",
-           "gaspar2")
-ECHO, SHA, SLEEP = "gaspar2.examples:echo", "gaspar2.examples:sha256_chain", "gaspar2.examples:sleep"
+SERVERS = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card",
+           "shape-floor", "gaspar2")
+ECHO, SHA, SLEEP = ("gaspar2.examples:echo", "gaspar2.examples:sha256_chain",
+                    "gaspar2.examples:sleep")
 BACKTRACK = "gaspar2.examples:backtrack"
 THUMBNAIL = "benchmarks.thumbnail:thumbnail"
 NET = ("gevent-inline", "asyncio-ppe", "design-card", "gaspar2")
-WORKERS = ("asyncio-ppe", "plain-processes", "design-card", "shape-floor", "gaspar2")   # forked workers
+# The servers with forked workers.
+WORKERS = ("asyncio-ppe", "plain-processes", "design-card", "shape-floor", "gaspar2")
 FLOOR = ("shape-floor",)      # the shape's own ceiling, on the small-request points only
 KERNEL_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPTimeouts", "RetransSegs")
 
@@ -85,7 +87,7 @@ def make_workloads(files):
             f.write(data)
         return path
 
-    echo_servers = ("c-echo",) + NET
+    echo_servers = ("c-echo", *NET)
     points = [Workload("echo-100B-c%d" % c, ECHO, c, echo_servers + (FLOOR if c < 256 else ()),
                        ["-s", "100"]) for c in (1, 32, 256)]
     # The load generator's own ceiling: all its threads against the C server.
@@ -106,14 +108,17 @@ def make_workloads(files):
         calibration[name] = rounds
         servers = NET + ("plain-processes",) + (FLOOR if ms == 1 else ())
         points.append(Workload(name, SHA, 32, servers,
-                               ["-f", write(name + ".in", message), "-e", write(name + ".out", chain(message))],
+                               ["-f", write(name + ".in", message),
+                                "-e", write(name + ".out", chain(message))],
                                message=message.decode()))
     # A real library on mid-sized requests: a JPEG of about 200 KB in, its thumbnail out.
     jpeg = photo(os.path.join(BUILD, "photo-200KB.jpg"))
     with open(jpeg, "rb") as f:
         thumb = load_handler(THUMBNAIL)(f.read())
-    points.append(Workload("thumb-200KB-c32", THUMBNAIL, 32, ("asyncio-ppe", "plain-processes", "gaspar2"),
-                           ["-f", jpeg, "-e", write("thumb-200KB-c32.out", thumb)], message_file=jpeg))
+    points.append(Workload("thumb-200KB-c32", THUMBNAIL, 32,
+                           ("asyncio-ppe", "plain-processes", "gaspar2"),
+                           ["-f", jpeg, "-e", write("thumb-200KB-c32.out", thumb)],
+                           message_file=jpeg))
     quick, slow = write("quick.in", b"0"), write("slow.in", b"0.2")
     points.append(Workload("quick-c32", SLEEP, 32, NET, ["-f", quick]))
     points.append(Workload("mixed-c32", SLEEP, 32, NET, ["-f", quick, "-S", slow, "-k", "100"]))
@@ -121,8 +126,8 @@ def make_workloads(files):
     letters = backtrack_letters(0.2)
     calibration["gil-mixed-c32"] = letters
     gil = write("gil.in", b"%d" % letters)
-    points.append(Workload("gil-mixed-c32", BACKTRACK, 32, NET, ["-f", quick, "-S", gil, "-k", "100"],
-                           message=str(letters)))
+    points.append(Workload("gil-mixed-c32", BACKTRACK, 32, NET,
+                           ["-f", quick, "-S", gil, "-k", "100"], message=str(letters)))
     return points, calibration
 
 
@@ -150,7 +155,8 @@ def server_command(server, handler, workers):
                         "--workers", str(workers)],
         "shape-floor": [py, os.path.join(HERE, "shape_floor.py"), handler, "--port", "0",
                         "--workers", str(workers)],
-        "gaspar2": [py, "-m", "gaspar2", "serve", handler, "--port", "0", "--workers", str(workers)],
+        "gaspar2": [py, "-m", "gaspar2", "serve", handler, "--port", "0",
+                    "--workers", str(workers)],
     }[server.split("@")[0]]
 
 
@@ -178,8 +184,9 @@ def add_revisions(points, revisions):
         extra.append((name, where))
         for w in points:
             module, _, attr = w.handler.partition(":")
-            if "gaspar2" in w.servers and (module != "gaspar2.examples" or "def %s(" % attr in examples):
-                w.servers = w.servers + (name,)
+            if "gaspar2" in w.servers and (module != "gaspar2.examples"
+                                           or "def %s(" % attr in examples):
+                w.servers = (*w.servers, name)
     return dict(extra)
 
 
@@ -192,8 +199,8 @@ def kernel_counters():
                 lines = f.read().splitlines()
         except OSError:
             continue
-        for names, values in zip(lines[::2], lines[1::2]):
-            for name, value in zip(names.split()[1:], values.split()[1:]):
+        for names, values in zip(lines[::2], lines[1::2], strict=False):
+            for name, value in zip(names.split()[1:], values.split()[1:], strict=False):
                 if name in KERNEL_COUNTERS:
                     found[name] = int(value)
     return found
@@ -225,7 +232,8 @@ def run_loadgen(workload, port, args, workers=None):
     processes: their page faults are read as the measured window begins (marked by the
     load generator on its stderr) and as it ends, and the difference goes in the result."""
     cmd = [os.path.join(BUILD, "loadgen"), "-p", str(port), "-c", str(workload.conc),
-           "-d", str(args.duration), "-w", str(args.warmup), "-t", "10", "-m"] + workload.loadgen_args
+           "-d", str(args.duration), "-w", str(args.warmup), "-t", "10", "-m",
+           *workload.loadgen_args]
     limit = args.warmup + args.duration + 60
     before, first, last, expired, stderr = kernel_counters(), None, None, [], []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
@@ -259,8 +267,9 @@ def run_loadgen(workload, port, args, workers=None):
 def run_plain(workload, args):
     payload = (["--message-file", workload.message_file] if workload.message_file
                else ["--message", workload.message])
-    cmd = [sys.executable, os.path.join(HERE, "plain_processes.py"), workload.handler] + payload + [
-           "--workers", str(args.workers), "--duration", str(args.duration), "--warmup", str(args.warmup)]
+    cmd = [sys.executable, os.path.join(HERE, "plain_processes.py"), workload.handler, *payload,
+           "--workers", str(args.workers), "--duration", str(args.duration),
+           "--warmup", str(args.warmup)]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT,
                          timeout=args.warmup + args.duration + 120).stdout
     result = json.loads(out)
@@ -273,7 +282,8 @@ def measure(server, workload, port, args, pid=None):
     try:
         if server == "plain-processes":
             return run_plain(workload, args)
-        workers = functools.partial(worker_pids, server, pid) if server.split("@")[0] in WORKERS else None
+        workers = (functools.partial(worker_pids, server, pid)
+                   if server.split("@")[0] in WORKERS else None)
         return run_loadgen(workload, port, args, workers)
     except subprocess.CalledProcessError as exc:
         return {"error": "exit %s: %s" % (exc.returncode, (exc.stderr or "").strip()[-300:])}
@@ -288,7 +298,8 @@ def run_server(server, handler, points, round_no, args, raw):
             raw[w.name, server].append(measure(server, w, None, args))
             progress(round_no, args, server, w, raw[w.name, server][-1])
         return
-    log = os.path.join(args.out, "logs", "%s-%s-r%d.log" % (server, handler.split(":")[1], round_no + 1))
+    log = os.path.join(args.out, "logs",
+                       "%s-%s-r%d.log" % (server, handler.split(":")[1], round_no + 1))
     try:
         proc = Server(server_command(server, handler, args.workers), log,
                       cwd=args.revisions.get(server, ROOT))
@@ -354,7 +365,8 @@ def summarize(runs):
         row["faults_per_req"] = statistics.median(faults)
     if "latency" not in ok[0]:
         return row
-    row.update({k: med(lambda r, k=k: r["latency"][k]) for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")})
+    row.update({k: med(lambda r, k=k: r["latency"][k])
+                for k in ("p50_ms", "p90_ms", "p99_ms", "max_ms")})
     row["mb_per_s"] = med(lambda r: r["mb_per_s"])
     row["loadgen_cpu"] = med(lambda r: r["loadgen_cpu"])
     row["error_kinds"] = {k: sum(r["errors"][k] for r in ok) for k in ok[0]["errors"]}
@@ -377,25 +389,32 @@ def machine():
 
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
-    return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+    return {"cpus": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(),
             "somaxconn": read("/proc/sys/net/core/somaxconn"), "commit": commit or None,
             "date": time.strftime("%Y-%m-%d %H:%M:%S %z")}
 
 
 def parse_args():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per point (default 4)")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of load before measuring (default 1)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="W (default: CPUs)")
+    parser.add_argument("--duration", type=float, default=4.0,
+                        help="seconds measured per point (default 4)")
+    parser.add_argument("--warmup", type=float, default=1.0,
+                        help="seconds of load before measuring (default 1)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="W (default: CPUs)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: 1 round of 1 s points; its ratios are not judged")
     parser.add_argument("--only", action="append", default=[], metavar="SERVER/WORKLOAD",
-                        help="glob patterns, e.g. 'gaspar2/*', '*/echo-*', 'gevent-inline' (repeatable)")
+                        help="glob patterns, e.g. 'gaspar2/*', '*/echo-*', 'gevent-inline' "
+                             "(repeatable)")
     parser.add_argument("--also-at", action="append", default=[], metavar="REV",
                         help="also run gaspar2 as of this git revision, as server gaspar2@REV, "
                              "beside the current code: an A/B on the same machine (repeatable)")
-    parser.add_argument("--list", action="store_true", help="list the workloads and servers, then exit")
+    parser.add_argument("--list", action="store_true",
+                        help="list the workloads and servers, then exit")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
     args = parser.parse_args()
     if args.quick:
@@ -433,10 +452,11 @@ def main():
     ratios = target_ratios(table, judge=not args.quick)
     results = {
         "machine": machine(), "elapsed_s": round(time.monotonic() - began, 1),
-        "settings": {k: getattr(args, k) for k in ("quick", "rounds", "duration", "warmup", "workers",
-                                                   "only", "also_at")},
+        "settings": {k: getattr(args, k) for k in ("quick", "rounds", "duration", "warmup",
+                                                   "workers", "only", "also_at")},
         "calibration": {name: {"rounds": r} for name, r in calibration.items()},
-        "workloads": [{"name": w.name, "handler": w.handler, "concurrency": w.conc} for w in points],
+        "workloads": [{"name": w.name, "handler": w.handler, "concurrency": w.conc}
+                      for w in points],
         "points": [dict(workload=w, server=s, **row) for (w, s), row in table.items()],
         "ratios": ratios,
         "runs": [{"workload": w, "server": s, "results": runs} for (w, s), runs in raw.items()],

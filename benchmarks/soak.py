@@ -57,7 +57,7 @@ def soak(server, args):
     """Run the legs; returns the failures and the (RSS, Shmem) samples in KiB."""
     failures, done, samples = 0, 0, []
     for count in legs(args.requests, args.leg):
-        ok, failed, errors = send(server.port, count, args)
+        _ok, failed, errors = send(server.port, count, args)
         failures += failed
         done += count
         if server.proc.poll() is not None:
@@ -73,7 +73,8 @@ def soak(server, args):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=1_000_000)
     parser.add_argument("--concurrency", type=int, default=128)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)

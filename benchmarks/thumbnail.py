@@ -72,4 +72,5 @@ def photo(path):
 
 if __name__ == "__main__":
     here = os.path.dirname(os.path.abspath(__file__))
-    print(photo(sys.argv[1] if len(sys.argv) > 1 else os.path.join(here, "build", "photo-200KB.jpg")))
+    print(photo(sys.argv[1] if len(sys.argv) > 1
+                else os.path.join(here, "build", "photo-200KB.jpg")))

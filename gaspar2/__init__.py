@@ -6,4 +6,4 @@ from . import client
 from .consumer import Consumer
 from .producer import Producer
 
-__all__ = ["Consumer", "Producer", "client", "__version__"]
+__all__ = ["Consumer", "Producer", "__version__", "client"]

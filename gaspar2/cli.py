@@ -9,12 +9,13 @@ import sys
 import traceback
 from typing import Any
 
-from . import __version__, client, config, listeners, logs, settings
+from . import __version__, client, config, logs, settings
 from .consumer import as_consumer
-from .curve import generate_keys
+from .frontend import listeners
 from .loading import EXIT_BOOT, EXIT_USAGE, find_module, probe
-from .producer import Producer, WorkerBootError
-from .workergroup import serve_group
+from .producer.lifecycle import Producer, WorkerBootError
+from .protocol.curve import generate_keys
+from .workers.group import serve_group
 
 log = logging.getLogger("gaspar2")
 
@@ -140,10 +141,7 @@ def run(target: str, options: dict[str, Any]) -> int:
 
 
 def request(args: argparse.Namespace) -> int:
-    if args.message == "-":
-        message = sys.stdin.buffer.read()
-    else:
-        message = os.fsencode(args.message)
+    message = sys.stdin.buffer.read() if args.message == "-" else os.fsencode(args.message)
     try:
         reply = client.request(args.url, message, timeout=args.timeout)
     except (client.RequestFailed, ValueError) as exc:

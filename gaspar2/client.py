@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import TypeAlias
 
-from .wire import pack
+from .protocol.wire import pack
 
 __all__ = [
     "Executor",
@@ -106,7 +106,7 @@ def _sockets() -> ModuleType:
     if gevent.getcurrent() is hub:
         raise RuntimeError("gaspar2.client.request cannot wait inside the gevent hub (in a "
                            "watcher's callback): call it from a greenlet")
-    return gevent.socket
+    return gevent.socket    # type: ignore[no-any-return]  # gevent has no type information
 
 
 async def arequest(url: str, message: Message, timeout: float | None = None) -> bytes:

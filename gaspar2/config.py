@@ -38,9 +38,11 @@ def load_file(path: str) -> dict[str, Any]:
     try:
         namespace = runpy.run_path(path, run_name="gaspar2_config")
     except OSError as exc:
-        raise ConfigError("cannot read the config file %s: %s" % (path, exc.strerror or exc))
+        raise ConfigError("cannot read the config file %s: %s"
+                          % (path, exc.strerror or exc)) from exc
     except Exception as exc:
-        raise ConfigError("the config file %s raised %s: %s" % (path, type(exc).__name__, exc))
+        raise ConfigError("the config file %s raised %s: %s"
+                          % (path, type(exc).__name__, exc)) from exc
     given = {}
     for name, value in namespace.items():
         if name.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
@@ -51,7 +53,7 @@ def load_file(path: str) -> dict[str, Any]:
         try:
             given[name] = None if value is None else setting.convert(value)
         except (TypeError, ValueError) as exc:
-            raise ConfigError("%s: %s: %s" % (path, name, exc))
+            raise ConfigError("%s: %s: %s" % (path, name, exc)) from exc
     return given
 
 
@@ -67,7 +69,7 @@ def from_environment(environ: Any = os.environ) -> dict[str, Any]:
     try:
         words = shlex.split(text)
     except ValueError as exc:
-        raise ConfigError("%s: %s" % (ENVIRONMENT, exc))
+        raise ConfigError("%s: %s" % (ENVIRONMENT, exc)) from exc
     return vars(environment_parser().parse_args(words))
 
 
@@ -81,9 +83,9 @@ def config_path(command_line: dict[str, Any], environment: dict[str, Any]) -> st
 def fold_addresses(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Turn each layer's host and port into one more address of that layer's ``bind``; a
     missing half comes from the other layers, else the default."""
-    host = next((l["host"] for l in reversed(layers) if l.get("host") is not None),
+    host = next((layer["host"] for layer in reversed(layers) if layer.get("host") is not None),
                 settings.DEFAULTS["host"])
-    port = next((l["port"] for l in reversed(layers) if l.get("port") is not None),
+    port = next((layer["port"] for layer in reversed(layers) if layer.get("port") is not None),
                 settings.DEFAULTS["port"])
     folded = []
     for layer in layers:
@@ -91,7 +93,7 @@ def fold_addresses(layers: list[dict[str, Any]]) -> list[dict[str, Any]]:
         h, p = layer.pop("host", None), layer.pop("port", None)
         if h is not None or p is not None:
             bind = settings.addresses(layer.get("bind") or [])
-            layer["bind"] = bind + [settings.host_port(h or host, port if p is None else p)]
+            layer["bind"] = [*bind, settings.host_port(h or host, port if p is None else p)]
         folded.append(layer)
     return folded
 
@@ -118,5 +120,6 @@ def render(values: settings.Settings, path: str | None) -> str:
              % (ENVIRONMENT, path or "no config file")]
     for setting in settings.SETTINGS:
         if setting.in_file and setting.name not in ("host", "port"):
-            lines.append("%s = %s" % (setting.name, settings.show(setting, getattr(values, setting.name))))
+            lines.append("%s = %s" % (setting.name,
+                                      settings.show(setting, getattr(values, setting.name))))
     return "\n".join(lines) + "\n"

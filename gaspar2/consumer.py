@@ -5,9 +5,10 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
-Reply = Union[bytes, bytearray, memoryview, str]
+Reply = bytes | bytearray | memoryview | str
 Handler = Callable[[bytes], Reply]
 
 

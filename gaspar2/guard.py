@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 log = logging.getLogger("gaspar2")
 
@@ -37,7 +38,7 @@ class Throttled:
             self.skipped[key] = self.skipped.get(key, 0) + 1
             return False
         skipped = self.skipped.pop(key, 0)
-        if skipped:
+        if skipped and last is not None:
             message += " (and %d more like it in the last %.0f s)" % (skipped, now - last)
         self.last[key] = now
         self.logger.log(level, message, *args, exc_info=exc_info)

@@ -29,7 +29,7 @@ class JSONFormatter(logging.Formatter):
         message = record.getMessage()
         first, _, rest = message.partition("\n")
         entry: dict[str, Any] = {
-            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC)
                     .isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
             "logger": record.name,
@@ -60,6 +60,8 @@ class ReopenableFileHandler(logging.FileHandler):
         self.identity = self._identity_of_stream()
 
     def _identity_of_stream(self) -> tuple[int, int] | None:
+        if self.stream is None:
+            return None
         try:
             st = os.fstat(self.stream.fileno())
         except (OSError, AttributeError, ValueError):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import argparse
 import re
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from .wire import DEFAULT_MAX_MESSAGE_SIZE
+from .protocol.wire import DEFAULT_MAX_MESSAGE_SIZE
 
 MiB = 2**20
 UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": MiB, "mb": 10**6,
@@ -62,7 +63,7 @@ def mode(text: str | int) -> int:
     return int(value, 8)
 
 
-def addresses(value: str | list | tuple) -> list[str]:
+def addresses(value: str | list[str] | tuple[str, ...]) -> list[str]:
     """One address or several (a config file may give a list)."""
     items = [value] if isinstance(value, str) else list(value)
     for item in items:

@@ -15,6 +15,7 @@ import pytest
 
 from gaspar2 import client
 
+
 def pytest_addoption(parser):
     parser.addoption("--heavy", action="store_true", help="run the full-size stress tests")
 
@@ -91,9 +92,9 @@ class Server:
         ``args``, and ``prefix`` runs the server under another command (which must exec it
         or keep its pid). ``popen`` goes to Popen."""
         self.log_path = log_path
-        self.log_file = open(log_path, "wb")
+        self.log_file = open(log_path, "wb")    # noqa: SIM115 (closed by stop)
         if cmd is None:
-            cmd = list(prefix) + [sys.executable, "-m", "gaspar2", "serve", target] + list(args)
+            cmd = [*prefix, sys.executable, "-m", "gaspar2", "serve", target, *args]
             cmd += ["--port", port] if port is not None else []
         self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
                                      cwd=cwd, env=env, **popen)
@@ -102,10 +103,12 @@ class Server:
     def wait_serving(self, timeout=60):
         def serving():
             if self.proc.poll() is not None:
-                raise AssertionError("server exited with %s:\n%s" % (self.proc.returncode, self.log()))
+                raise AssertionError("server exited with %s:\n%s"
+                                     % (self.proc.returncode, self.log()))
             return SERVING.search(self.log())
         match = wait_for(serving, timeout, message="the serving line")
-        self.host, self.port, self.workers = match.group(1), int(match.group(2)), int(match.group(3))
+        self.host, self.port = match.group(1), int(match.group(2))
+        self.workers = int(match.group(3))
         self.url = "%s:%d" % (self.host, self.port)
         return self
 
@@ -163,8 +166,9 @@ class Server:
     def wait_exit(self, timeout=60):
         try:
             return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError("server did not exit in %s s:\n%s" % (timeout, self.log()))
+        except subprocess.TimeoutExpired as exc:
+            raise AssertionError("server did not exit in %s s:\n%s"
+                                 % (timeout, self.log())) from exc
 
     def stop(self):
         """SIGTERM, and make sure nothing of the server is left."""

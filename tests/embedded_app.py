@@ -12,15 +12,15 @@ if "--patch" in sys.argv:
     from gevent import monkey
     monkey.patch_all()
 
-import logging  # noqa: E402
-import os  # noqa: E402
+import logging
+import os
 
-import gevent  # noqa: E402
+import gevent
 
-import gaspar2  # noqa: E402
+import gaspar2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.handlers import fair  # noqa: E402
+from tests.handlers import fair
 
 
 def main():

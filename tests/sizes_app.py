@@ -1,4 +1,4 @@
-"""A gevent program that embeds a Producer, for the size sweep (tests/test_sizes.py).
+"""A gevent program that embeds a Producer, for the size sweep (tests/integration/test_sizes.py).
 
     python tests/sizes_app.py MODULE:ATTR [--patch] [--wsgi] [--workers N]
                               [--max-message-size BYTES] [--request-timeout S]
@@ -19,13 +19,13 @@ if "--patch" in sys.argv:
     from gevent import monkey
     monkey.patch_all()
 
-import argparse  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
+import argparse
+import logging
+import os
 
-import gevent  # noqa: E402
+import gevent
 
-import gaspar2  # noqa: E402
+import gaspar2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -10,7 +10,8 @@ from gaspar2 import cli, config, settings
 
 def test_every_serve_flag_comes_from_the_table():
     parser = cli.build_parser()
-    serve = next(a for a in parser._subparsers._actions if isinstance(a, argparse._SubParsersAction)).choices["serve"]
+    serve = next(a for a in parser._subparsers._actions
+                 if isinstance(a, argparse._SubParsersAction)).choices["serve"]
     flags = {opt for action in serve._actions for opt in action.option_strings} - {"-h", "--help"}
     assert flags == {f for s in settings.SETTINGS for f in s.flags}
 

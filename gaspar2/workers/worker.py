@@ -1,0 +1,255 @@
+"""The worker process: plain blocking code that runs the handler, one request at a time.
+
+A local worker binds its own endpoints, a PULL for requests and a PUSH for its answers; the
+producer's sink connects to the PUSH from the moment the worker is spawned, and the worker
+says HELLO on it. The producer then connects a PUSH of its own to the PULL, so nothing is
+sent to a worker before it exists (no slow joiner) and nothing meant for a dead worker can
+reach its successor. Every message names the worker and carries its token, which local
+workers inherit from the producer. A reply larger than ``max_reply_size`` is not sent: the
+request fails instead.
+
+The producer may hand a worker a few requests at once to hide the round trip. The worker
+claims each before it runs it, and publishes in its progress slot what it runs and since
+when: the producer takes back whatever a worker holds behind a slow request, without the
+worker's help (see progress.py and dispatch.py). A worker runs no thread of its own, so a
+handler may hold the GIL, block, or use gevent as it likes.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from typing import cast
+
+import zmq
+
+from ..consumer import Consumer, Reply, reply_bytes
+from ..loading import report_setup_failure, setup_succeeded
+from ..protocol import wire
+from ..protocol.arena import Arena, place
+from ..protocol.progress import ProgressTable
+from .process import original, set_title
+from .supervisor import EXIT_SETUP_FAILED
+
+log = logging.getLogger("gaspar2.worker")
+
+PARENT_CHECK_MS = 500           # an idle worker checks on its parent this often
+MAX_TRACEBACK = 32 * 1024       # bytes of a handler's traceback sent to the producer
+
+
+class LocalWorkers:
+    """What every local worker needs, captured before the fork server is forked; called in
+    each new worker process (see forkserver.RunWorker)."""
+
+    def __init__(self, make_consumer: Callable[[], Consumer], name: str, ipc_dir: str,
+                 progress: ProgressTable, slow_min: float, token: int = 0,
+                 max_reply_size: int | None = None, arena: Arena | None = None):
+        self.arena = arena
+        self.make_consumer = make_consumer
+        self.name = name
+        self.ipc_dir = ipc_dir
+        self.progress = progress
+        self.slow_min = slow_min
+        self.token = token
+        self.max_reply_size = max_reply_size
+
+    def __call__(self, worker_id: int, slot: int, parent: int) -> int:
+        prepare_process("gaspar2 worker %d %s" % (worker_id, self.name))
+        worker = Worker(self.make_consumer, worker_id,
+                        wire.worker_endpoint(self.ipc_dir, worker_id),
+                        wire.reply_endpoint(self.ipc_dir, worker_id), parent, self.slow_min,
+                        self.progress, slot, self.token, self.max_reply_size)
+        worker.report_dir = self.ipc_dir
+        worker.arena = self.arena.view if self.arena is not None else None
+        return worker.run()
+
+
+class Worker:
+    def __init__(self, make_consumer: Callable[[], Consumer], worker_id: int,
+                 endpoint: str | None, sink: str, parent_pid: int, slow_min: float,
+                 progress: ProgressTable, slot: int, token: int = 0,
+                 max_reply_size: int | None = None):
+        self.make_consumer = make_consumer
+        self.id = worker_id
+        self.token = token              # proves to the producer that a message is ours
+        self.max_reply_size = max_reply_size
+        self.progress = progress        # shared with the producer: what this worker runs
+        self.slot = slot
+        self.endpoint = endpoint
+        self.sink = sink
+        self.parent_pid = parent_pid
+        self.slow_min = slow_min
+        self.typical = 0.0              # moving average of handler time, seconds
+        self.queue: collections.deque[tuple[int, int, int, memoryview, bool]] = collections.deque()
+        self.waiting = False            # in recv, where a TERM may interrupt it
+        self.serving = False            # set up and connected
+        self.stopping = False
+        self.contact = 0.0              # when the producer was last heard from
+        self.report_dir: str | None = None  # where workers agree to log a traceback once
+        self.arena: memoryview | None = None    # large bodies and their replies, shared
+        self.place: tuple[int, int] | None = None   # the current body's offset, capacity
+        self.as_view = False            # the handler takes a memoryview
+
+    def run(self) -> int:
+        """Serve until told to stop or orphaned; returns the exit status."""
+        original("signal", "signal")(signal.SIGTERM, self._on_term)
+        try:
+            self.consumer = self.make_consumer()
+            self.consumer.setup()
+            self.as_view = bool(getattr(self.consumer, "accepts_memoryview", False))
+        except BaseException:
+            report_setup_failure(self.id, self.report_dir)
+            return EXIT_SETUP_FAILED
+        setup_succeeded(self.report_dir)
+        ctx = zmq.Context()
+        try:
+            self._connect(ctx)
+            self.serving = True
+            self._serve()
+        finally:
+            ctx.destroy(linger=2000)
+        return 0
+
+    def _connect(self, ctx: zmq.SyncContext) -> None:
+        self.pull = ctx.socket(zmq.PULL)
+        assert self.endpoint is not None        # a local worker's, known from the start
+        self.pull.bind(self.endpoint)
+        self.push = ctx.socket(zmq.PUSH)
+        self.push.bind(self.sink)
+        self.push.send(self._head(wire.HELLO, os.getpid()))    # once the producer connects
+
+    def _head(self, kind: bytes, field: int | None = None) -> bytes:
+        return wire.encode_head(kind, self.id, self.token, field)
+
+    def _serve(self) -> None:
+        self.pull.rcvtimeo = PARENT_CHECK_MS      # an idle worker's wait, see _next_job
+        try:
+            while True:
+                job = self._next_job()
+                if job is None:
+                    return
+                self._run(*job)
+        except StopNow:
+            return
+
+    def _next_job(self) -> tuple[int, memoryview, bool, float] | None:
+        """Claim the next request, waiting for one; None when it is time to exit. A request
+        the producer took back meanwhile is skipped: another worker runs it."""
+        while True:
+            while not self.queue:
+                if self.stopping or os.getppid() != self.parent_pid:
+                    return None
+                self._wait()
+            epoch, seq, request_id, payload, shared = self.queue.popleft()
+            now = time.monotonic()
+            if self.progress.claim(self.slot, epoch, seq, request_id, now):
+                return request_id, payload, shared, now
+            self.progress.beat(self.slot, now)
+
+    def _wait(self) -> None:
+        """Wait up to PARENT_CHECK_MS for requests; a TERM may end the wait (StopNow)."""
+        self.waiting = True
+        try:
+            frames = wire.recv_frames(self.pull)
+        except zmq.Again:
+            frames = None
+        finally:
+            self.waiting = False
+        if frames is None:
+            self.progress.beat(self.slot, time.monotonic())    # idle, and alive
+            return
+        if wire.is_control(frames):
+            heard = self._control(frames)
+        else:
+            try:    # a remote worker's endpoint without CURVE takes pushes from anyone
+                self.queue.extend(wire.decode_batch(frames))
+                heard = True
+            except wire.BadMessage as exc:
+                log.warning("worker %d: dropped a malformed batch: %s", self.id, exc)
+                heard = False
+        if heard:
+            self.contact = time.monotonic()
+
+    def _control(self, frames: wire.Frames) -> bool:
+        """A control message from the producer (remote workers act on them); True if it
+        was one."""
+        return False
+
+    def _run(self, request_id: int, payload: memoryview, shared: bool, began: float) -> None:
+        # handle() is given a memoryview too if the consumer accepts_memoryview (see _body).
+        handle = cast("Callable[[bytes | memoryview], Reply]", self.consumer.handle)
+        try:
+            body = reply_bytes(handle(self._body(payload, shared)))
+        except BaseException:       # SystemExit, KeyboardInterrupt: fail the request alone
+            self._fail(request_id, traceback.format_exc())
+        else:
+            self._reply(request_id, body)
+        self.place = None
+        done = time.monotonic()
+        # A slow request counts no more than the threshold, so one cannot inflate it.
+        slow_after = self._slow_after()
+        self.typical += (min(done - began, slow_after) - self.typical) * 0.2
+        self.progress.done(self.slot, slow_after, done)
+
+    def _body(self, payload: memoryview, shared: bool) -> bytes | memoryview:
+        """What the handler gets: bytes, or a memoryview if it takes one (no copy)."""
+        if not shared:
+            return payload if self.as_view else bytes(payload)
+        if self.arena is None:
+            raise ValueError("a shared body, and no shared memory here")
+        offset, size, capacity = place(self.arena, payload)
+        self.place = offset, capacity
+        view = self.arena[offset:offset + size]
+        return view if self.as_view else bytes(view)
+
+    def _reply(self, request_id: int, body: bytes | bytearray | memoryview) -> None:
+        size = body.nbytes if isinstance(body, memoryview) else len(body)
+        if self.max_reply_size is not None and size > self.max_reply_size:
+            text = "a reply of %d bytes, over max_reply_size %d" % (size, self.max_reply_size)
+            log.warning("worker %d: request failed: %s", self.id, text)
+            self._fail(request_id, text)
+            return
+        if self.place is not None and size <= self.place[1]:
+            assert self.arena is not None       # over the body, in the arena: no copy out
+            self.arena[self.place[0]:self.place[0] + size] = memoryview(body).cast("B")
+            self.push.send(self._head(wire.SHARED_REPLY, request_id) + wire.SIZE.pack(size))
+        else:       # one frame, copied: see wire.py for why never copy=False
+            self.push.send(b"".join((self._head(wire.REPLY, request_id), body)))
+
+    def _fail(self, request_id: int, text: str) -> None:
+        text = "worker %d (pid %d):\n%s" % (self.id, os.getpid(), text)
+        body = text.encode("utf-8", "replace")[-MAX_TRACEBACK:]
+        self.push.send(self._head(wire.ERROR, request_id) + body)
+
+    def _slow_after(self) -> float:
+        """Longer than this is slow: what this worker holds behind it goes to others."""
+        return max(self.slow_min, 4 * self.typical)
+
+    def _on_term(self, signum: int, frame: object) -> None:
+        """Finish the request under way; an idle worker leaves at once, and so does one
+        still starting (it holds nothing). Whatever it holds and has not started is given
+        to other workers by the producer."""
+        if not self.serving:
+            os._exit(0)
+        self.stopping = True
+        if self.waiting:
+            raise StopNow
+
+
+class StopNow(Exception):
+    """Raised by the TERM handler to leave an idle worker's wait."""
+
+
+def prepare_process(title: str) -> None:
+    """Signal dispositions for a worker: the producer decides when it stops."""
+    set_signal = original("signal", "signal")
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        set_signal(sig, signal.SIG_IGN)
+    for sig in (signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
+        set_signal(sig, signal.SIG_DFL)
+    set_title(title)

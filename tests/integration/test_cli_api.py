@@ -1,0 +1,131 @@
+"""The command line and the Python API, each used the way a user would."""
+
+import asyncio
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from gaspar2 import client
+
+from conftest import ROOT, Server
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def gaspar2_cli(*args, stdin=b"", cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "gaspar2", *args], input=stdin,
+                          capture_output=True, cwd=cwd, timeout=60)
+
+
+def test_request_command(serve):
+    server = serve("gaspar2.examples:echo", "--workers", "1")
+    assert ("serving gaspar2.examples:echo on 127.0.0.1:%d with 1 workers" % server.port
+            in server.log())
+    done = gaspar2_cli("request", server.url, "hello")
+    assert (done.returncode, done.stdout) == (0, b"hello")
+    binary = bytes(range(256)) * 10
+    done = gaspar2_cli("request", server.url, stdin=binary)
+    assert (done.returncode, done.stdout) == (0, binary)
+    done = gaspar2_cli("request", server.url, "-", stdin=b"")
+    assert (done.returncode, done.stdout) == (0, b"")
+
+
+def test_request_command_failures(serve):
+    server = serve("tests.handlers:fail", "--workers", "1")
+    done = gaspar2_cli("request", server.url, "boom")
+    assert done.returncode == 1 and done.stdout == b""
+    assert done.stderr.decode().count("\n") == 1 and "reset" in done.stderr.decode()
+    server.stop()
+    done = gaspar2_cli("request", server.url, "anyone?")
+    assert done.returncode == 1 and "refused" in done.stderr.decode()
+
+
+def test_handler_module_in_the_current_directory(tmp_path):
+    (tmp_path / "myhandlers.py").write_text("def shout(m):\n    return m.upper()\n")
+    server = Server("myhandlers:shout", ["--workers", "1"], tmp_path / "log", cwd=tmp_path)
+    try:
+        server.wait_serving()
+        assert client.request(server.url, b"quiet", timeout=30) == b"QUIET"
+    finally:
+        server.stop()
+
+
+def test_setup_failure_exits_non_zero_with_the_traceback(tmp_path):
+    server = Server("tests.handlers:BrokenSetup", ["--workers", "2"], tmp_path / "log")
+    assert server.wait_exit() != 0
+    log = server.log()
+    assert "RuntimeError: cannot open the model file" in log
+    assert "setup() failed" in log
+    server.stop()
+
+
+def test_bad_target_is_a_clear_error(tmp_path):
+    done = gaspar2_cli("serve", "no_such_module:thing", "--port", "0")
+    assert done.returncode == 4 and b"cannot load no_such_module:thing" in done.stderr
+    done = gaspar2_cli("serve", "gaspar2.examples", "--port", "0")
+    assert done.returncode == 2 and b"expected MODULE:ATTR" in done.stderr
+
+
+def test_python_api_under_gevent(tmp_path):
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent("""
+        from gevent import monkey; monkey.patch_all()
+        import gevent, gaspar2
+        from tests.handlers import echo
+
+        producer = gaspar2.Producer(gaspar2.Consumer(handler=echo), 0, processes=2)
+        producer.start(blocking=False)
+        assert producer.running.is_set() and not producer.stopped.is_set()
+        url = "%s:%d" % producer.address
+        calls = [gevent.spawn(gaspar2.client.request, url, b"n%d" % i, 30) for i in range(40)]
+        gevent.joinall(calls, raise_error=True)
+        assert [c.value for c in calls] == [b"n%d" % i for i in range(40)]
+        producer.stop()
+        assert producer.stopped.is_set() and not producer.running.is_set()
+        print("api ok")
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, cwd=ROOT,
+                          timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout == b"api ok\n"
+
+
+def test_asyncio_client_and_pack(serve):
+    server = serve("tests.handlers:work", "--workers", "2")
+
+    async def main():
+        replies = await asyncio.gather(*(client.arequest(server.url, b"a%d" % i, 30)
+                                         for i in range(20)))
+        assert replies == [b"a%d" % i for i in range(20)]
+        with pytest.raises(client.RequestFailed, match="reset"):
+            await client.arequest(server.url, b"fail", 30)
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(client.pack("packed ✓"))
+        assert await reader.read() == "packed ✓".encode()
+        writer.close()
+
+    asyncio.run(main())
+    assert client.pack(b"") == b"\x00\x00\x00\x00"
+
+
+def readme_embedding_example():
+    with open(os.path.join(ROOT, "README.rst")) as f:
+        text = f.read()
+    start = text.index("    from gevent import monkey", text.index("Embedding in a gevent program"))
+    block = text[start:text.index("\nCommand line\n", start)]
+    return textwrap.dedent(block)
+
+
+@pytest.mark.parametrize("patched", [True, False], ids=["monkey-patched", "plain"])
+def test_readme_embedding_example_runs_as_written(tmp_path, patched):
+    source = readme_embedding_example()
+    if not patched:
+        source = source.replace("from gevent import monkey\nmonkey.patch_all()\n", "")
+        assert "patch_all" not in source
+    (tmp_path / "app.py").write_text(source)
+    done = subprocess.run([sys.executable, "app.py"], capture_output=True, cwd=tmp_path, timeout=90)
+    assert done.returncode == 0, done.stderr.decode()
+    assert done.stdout == b"[%s]\n" % b", ".join(b"b'IMG%d'" % n for n in range(8))

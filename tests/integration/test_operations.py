@@ -1,0 +1,172 @@
+"""What operators use: process titles, signals, metrics, the access log, the check command."""
+
+import concurrent.futures
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from gaspar2 import client
+
+from conftest import ROOT, Server, alive, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def cmdline(pid):
+    with open("/proc/%d/cmdline" % pid, "rb") as f:
+        return f.read().replace(b"\0", b" ").decode().strip()
+
+
+def test_process_titles(serve):
+    server = serve("gaspar2.examples:echo", "--workers", "2")
+    assert cmdline(server.pid) == "gaspar2 producer gaspar2.examples:echo %s" % server.url
+    assert cmdline(server.forkserver()) == "gaspar2 forkserver gaspar2.examples:echo"
+    titles = sorted(cmdline(pid) for pid in server.worker_pids())
+    assert all(re.fullmatch(r"gaspar2 worker \d+ gaspar2\.examples:echo", t)
+               for t in titles), titles
+
+
+def test_ttin_adds_a_worker_and_ttou_removes_one_after_its_request(serve, tmp_path):
+    server = serve("tests.handlers:work", "--workers", "2")
+    first = server.worker_pids()
+    server.signal(signal.SIGTTIN)
+    three = server.wait_workers(3)
+    assert set(first) < set(three)
+    server.signal(signal.SIGTTOU)
+    two = server.wait_workers(2)
+    assert set(two) < set(three)
+    # Both busy: the one that leaves finishes its request first.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futures = []
+        for name in ("a", "b"):
+            marker = tmp_path / name
+            futures.append(pool.submit(client.request, server.url,
+                                       b"mark:%s:1" % str(marker).encode(), 30))
+            wait_for(marker.exists)
+        server.signal(signal.SIGTTOU)
+        server.wait_log("is one too many: replacing it")
+        assert sorted(int(f.result()) for f in futures) == sorted(two)
+    (last,) = server.wait_workers(1)
+    assert last in two
+    server.signal(signal.SIGTTOU)
+    server.wait_log("keeping the last worker")
+    assert client.request(server.url, b"pid", timeout=30) == str(last).encode()
+
+
+def test_hup_reloads_code_without_failing_or_delaying_requests(tmp_path):
+    module = tmp_path / "versioned.py"
+    module.write_text("def handle(m):\n    return b'v1:' + m\n")
+    server = Server("versioned:handle", ["--workers", "2"], tmp_path / "log", cwd=tmp_path)
+    try:
+        server.wait_serving()
+        old = server.worker_pids()
+        stop, replies, worst = threading.Event(), [], [0.0]
+
+        def load():
+            while not stop.is_set():
+                began = time.monotonic()
+                replies.append(client.request(server.url, b"x", timeout=30))
+                worst[0] = max(worst[0], time.monotonic() - began)
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: len(replies) > 50)
+        module.write_text("def handle(m):\n    return b'v2:' + m\n")
+        server.signal(signal.SIGHUP)
+        new = server.wait_workers(2, exclude=old)
+        count = len(replies)
+        wait_for(lambda: len(replies) > count + 50)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert set(replies) == {b"v1:x", b"v2:x"}
+        assert replies[-1] == b"v2:x"
+        assert worst[0] < 1.0, "a request was delayed %.2f s by the reload" % worst[0]
+        assert not any(alive(p) for p in old) and len(new) == 2
+        assert "while running this request" not in server.log()
+    finally:
+        server.stop()
+
+
+def test_quit_stops_at_once(serve, tmp_path):
+    server = serve("tests.handlers:work", "--workers", "1", "--graceful-timeout", "60")
+    marker = tmp_path / "m"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(client.request, server.url, b"mark:%s:60" % str(marker).encode(), 60)
+        wait_for(marker.exists)
+        began = time.monotonic()
+        server.signal(signal.SIGQUIT)
+        with pytest.raises(client.RequestFailed, match="reset"):
+            stuck.result()
+    assert server.wait_exit() == 0
+    assert time.monotonic() - began < 30
+
+
+def test_check_command():
+    def check(target):
+        return subprocess.run([sys.executable, "-m", "gaspar2", "check", target],
+                              capture_output=True, cwd=ROOT, timeout=60)
+    done = check("tests.handlers:Upper")
+    assert done.returncode == 0 and b"imported and set up" in done.stdout
+    done = check("tests.handlers:BrokenSetup")
+    assert done.returncode == 1
+    assert b"RuntimeError: cannot open the model file" in done.stderr
+    done = check("tests.handlers:nothing_here")
+    assert done.returncode == 1 and b"AttributeError" in done.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(url):
+    text = urllib.request.urlopen(url, timeout=30).read().decode()
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(r"^(gaspar2_[^\s]+) ([0-9.e+-]+)$", text, re.M)}
+
+
+def test_metrics_and_access_log(serve):
+    port = free_port()
+    server = serve("tests.handlers:work", "--workers", "2", "--metrics", "127.0.0.1:%d" % port,
+                   "--access-log")
+    url = "http://127.0.0.1:%d/metrics" % port
+    for _ in range(5):
+        assert client.request(server.url, b"hello", timeout=30) == b"hello"
+    with pytest.raises(client.RequestFailed):
+        client.request(server.url, b"fail", timeout=30)
+    with socket.create_connection((server.host, server.port)) as sock:
+        sock.sendall(b"\xff\xff\xff\xff")
+    victim = server.worker_pids()[0]
+    server.signal(signal.SIGTTIN)
+    server.wait_workers(3)
+    os.kill(victim, signal.SIGKILL)
+    server.wait_workers(3, exclude=[victim])
+    bad_frame = 'gaspar2_requests_total{outcome="bad_frame"}'
+
+    def settled():
+        # The replacement counts once its HELLO is in, which may trail the fork.
+        m = scrape(url)
+        return m if m.get(bad_frame) and m.get("gaspar2_workers") == 3 else None
+    metrics = wait_for(settled, message="metrics with the bad frame and 3 live workers")
+    assert metrics['gaspar2_requests_total{outcome="ok"}'] == 5
+    assert metrics['gaspar2_requests_total{outcome="handler_error"}'] == 1
+    assert metrics['gaspar2_request_seconds_count'] == 7
+    assert metrics["gaspar2_received_bytes_total"] == 5 * 5 + 4
+    assert metrics["gaspar2_sent_bytes_total"] == 25
+    assert metrics['gaspar2_worker_exits_total{cause="signal"}'] == 1
+    assert metrics["gaspar2_workers"] == 3
+    assert metrics["gaspar2_requests_at_workers"] == 0
+    log = server.log()
+    assert len(re.findall(r"127\.0\.0\.1:\d+ ok in=5 out=5 [\d.]+ms worker=\d+", log)) == 5
+    assert re.search(r"127\.0\.0\.1:\d+ handler_error in=4 out=0 [\d.]+ms worker=\d+", log)
