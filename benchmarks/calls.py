@@ -18,6 +18,7 @@ import socket
 import struct
 import sys
 import threading
+from typing import ClassVar
 
 import gevent
 
@@ -27,9 +28,12 @@ PAYLOAD = b"x" * 100
 
 
 class Counting(gaspar2.Consumer):
-    """Echo; ``calls?`` answers the Python calls counted in this worker so far."""
+    """Echo; ``calls?`` answers the Python calls counted in this worker so far, as JSON:
+    the total and, with ``by_function``, the count of each function."""
 
     calls = 0
+    by_function = False
+    functions: ClassVar[collections.Counter[str]] = collections.Counter()
 
     def setup(self):
         sys.setprofile(self._count)
@@ -37,11 +41,18 @@ class Counting(gaspar2.Consumer):
     def _count(self, frame, event, arg):
         if event == "call":
             Counting.calls += 1
+            if self.by_function:
+                self.functions[name_of(frame)] += 1
 
     def handle(self, message):
         if message == b"calls?":
-            return b"%d" % Counting.calls
+            return json.dumps({"calls": Counting.calls, "functions": self.functions}).encode()
         return message
+
+
+def name_of(frame):
+    code = frame.f_code
+    return "%s:%s" % (code.co_filename.rsplit("/", 2)[-1], code.co_qualname)
 
 
 def ask(port, message):
@@ -88,7 +99,7 @@ def in_hub(port, count, counter=None):
 def worker_calls(port):
     """The worker's count, asked from a greenlet-free thread so the hub keeps serving."""
     result = []
-    thread = threading.Thread(target=lambda: result.append(int(ask(port, b"calls?"))))
+    thread = threading.Thread(target=lambda: result.append(json.loads(ask(port, b"calls?"))))
     thread.start()
     while thread.is_alive():
         gevent.sleep(0.01)
@@ -102,6 +113,7 @@ def main():
     parser.add_argument("--by-function", action="store_true",
                         help="also list the producer's calls per request by function")
     args = parser.parse_args()
+    Counting.by_function = args.by_function
     producer = gaspar2.Producer(Counting(), 0, host="127.0.0.1", processes=1)
     producer.start(blocking=False)
     try:
@@ -114,19 +126,21 @@ def main():
             if event == "call":
                 calls[0] += 1
                 if args.by_function:
-                    code = frame.f_code
-                    functions["%s:%s" % (code.co_filename.rsplit("/", 2)[-1], code.co_qualname)] += 1
+                    functions[name_of(frame)] += 1
 
         before = worker_calls(port)
         in_hub(port, args.requests, count)
         after = worker_calls(port)
         # Each request's own handler call, and one ``calls?`` probe, are the user's.
-        worker = (after - before - args.requests - 1) / args.requests
+        worker = (after["calls"] - before["calls"] - args.requests - 1) / args.requests
         print(json.dumps({"producer": round(calls[0] / args.requests, 1),
                           "worker": round(worker, 1), "requests": args.requests}))
-        for name, n in functions.most_common():
-            if n >= args.requests // 10:
-                print("%6.2f  %s" % (n / args.requests, name), file=sys.stderr)
+        worker_functions = collections.Counter(after["functions"])
+        worker_functions.subtract(before["functions"])
+        for side, counts in (("producer", functions), ("worker", worker_functions)):
+            for name, n in counts.most_common():
+                if n >= args.requests // 10:
+                    print("%-8s %6.2f  %s" % (side, n / args.requests, name), file=sys.stderr)
     finally:
         producer.stop()
 

@@ -25,7 +25,17 @@ import sys
 import threading
 import time
 
-from common import BUILD, HERE, ROOT, Server, build, children, load_handler, page_faults
+from common import (
+    BUILD,
+    HERE,
+    ROOT,
+    Server,
+    build,
+    children,
+    load_handler,
+    page_faults,
+    proc_stat,
+)
 from report import format_report, target_ratios
 from thumbnail import photo
 
@@ -227,20 +237,31 @@ def add_faults(result, faults, workers):
     result["faults_per_req"] = faults / result["requests"] if result["requests"] else None
 
 
-def run_loadgen(workload, port, args, workers=None):
+def cpu_ticks(pid):
+    """A process's user + system time so far, in clock ticks (fields 14 and 15), or None."""
+    fields = proc_stat(pid)
+    return None if fields is None else int(fields[14 - 3]) + int(fields[15 - 3])
+
+
+def run_loadgen(workload, port, args, workers=None, pid=None):
     """One point of the load generator. ``workers()``, if given, lists the server's worker
     processes: their page faults are read as the measured window begins (marked by the
-    load generator on its stderr) and as it ends, and the difference goes in the result."""
+    load generator on its stderr) and as it ends, and the difference goes in the result.
+    ``pid``, the server's own process (gaspar2's producer), has its CPU time read at the
+    same edges: ``cpu_us_per_req`` is its user + system time per verified request."""
     cmd = [os.path.join(BUILD, "loadgen"), "-p", str(port), "-c", str(workload.conc),
            "-d", str(args.duration), "-w", str(args.warmup), "-t", "10", "-m",
            *workload.loadgen_args]
     limit = args.warmup + args.duration + 60
     before, first, last, expired, stderr = kernel_counters(), None, None, [], []
+    ticks = []
     with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
         watchdog = threading.Timer(limit, lambda: (expired.append(limit), proc.kill()))
         watchdog.start()
         try:
             for line in proc.stderr:
+                if line.strip() in ("window begins", "window ends") and pid is not None:
+                    ticks.append(cpu_ticks(pid))
                 if line.strip() == "window begins" and workers:
                     first = faults_of(workers())
                 elif line.strip() == "window ends" and first is not None:
@@ -260,7 +281,10 @@ def run_loadgen(workload, port, args, workers=None):
     result = json.loads(out)
     result["kernel"] = {k: after[k] - before.get(k, 0) for k in after}
     if last is not None:
-        add_faults(result, sum(n - first.get(pid, 0) for pid, n in last.items()), len(last))
+        add_faults(result, sum(n - first.get(p, 0) for p, n in last.items()), len(last))
+    if len(ticks) == 2 and None not in ticks and result["requests"]:
+        seconds = (ticks[1] - ticks[0]) / os.sysconf("SC_CLK_TCK")
+        result["cpu_us_per_req"] = 1e6 * seconds / result["requests"]
     return result
 
 
@@ -284,7 +308,7 @@ def measure(server, workload, port, args, pid=None):
             return run_plain(workload, args)
         workers = (functools.partial(worker_pids, server, pid)
                    if server.split("@")[0] in WORKERS else None)
-        return run_loadgen(workload, port, args, workers)
+        return run_loadgen(workload, port, args, workers, pid)
     except subprocess.CalledProcessError as exc:
         return {"error": "exit %s: %s" % (exc.returncode, (exc.stderr or "").strip()[-300:])}
     except (subprocess.TimeoutExpired, ValueError) as exc:
@@ -363,6 +387,9 @@ def summarize(runs):
     faults = [r["faults_per_req"] for r in ok if r.get("faults_per_req") is not None]
     if faults:
         row["faults_per_req"] = statistics.median(faults)
+    cpu = [r["cpu_us_per_req"] for r in ok if r.get("cpu_us_per_req") is not None]
+    if cpu:
+        row["cpu_us_per_req"] = statistics.median(cpu)
     if "latency" not in ok[0]:
         return row
     row.update({k: med(lambda r, k=k: r["latency"][k])
@@ -423,6 +450,19 @@ def parse_args():
     return args
 
 
+def count_calls(args):
+    """Python calls per request, producer and worker, from calls.py (a run of its own
+    before the rounds); None if gaspar2 is not among the servers run."""
+    if args.only and not any(fnmatch.fnmatch("gaspar2", p.split("/")[0]) for p in args.only):
+        return None
+    done = subprocess.run([sys.executable, os.path.join(HERE, "calls.py")], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+    if done.returncode:
+        print("calls.py failed: %s" % done.stderr.strip()[-300:], file=sys.stderr)
+        return None
+    return json.loads(done.stdout.splitlines()[0])
+
+
 def save(args, results, text):
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1)
@@ -447,9 +487,10 @@ def main():
             print("%-15s %s" % (w.name, " ".join(w.servers)))
         return 0
     began = time.monotonic()
+    calls = count_calls(args)
     raw = run_rounds(points, args)
     table = {key: summarize(runs) for key, runs in raw.items()}
-    ratios = target_ratios(table, judge=not args.quick)
+    ratios = target_ratios(table, calls, judge=not args.quick)
     results = {
         "machine": machine(), "elapsed_s": round(time.monotonic() - began, 1),
         "settings": {k: getattr(args, k) for k in ("quick", "rounds", "duration", "warmup",
@@ -458,6 +499,7 @@ def main():
         "workloads": [{"name": w.name, "handler": w.handler, "concurrency": w.conc}
                       for w in points],
         "points": [dict(workload=w, server=s, **row) for (w, s), row in table.items()],
+        "calls_per_request": calls,
         "ratios": ratios,
         "runs": [{"workload": w, "server": s, "results": runs} for (w, s), runs in raw.items()],
     }

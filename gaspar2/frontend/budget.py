@@ -22,7 +22,8 @@ import collections
 import ctypes
 import logging
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from .frames import READ_SLICE
 

@@ -30,13 +30,14 @@ OUTQ = struct.Struct("i")
 def peer_closed(sock: Any) -> bool:
     """The client's FIN is in: EOF is waiting in the socket."""
     try:
-        return sock.recv(1, PEEK) == b""
+        return bool(sock.recv(1, PEEK) == b"")
     except OSError:
         return False
 
 
 def unacknowledged(sock: Any) -> int:
-    return OUTQ.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * OUTQ.size))[0]
+    (count,) = OUTQ.unpack(fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * OUTQ.size))
+    return int(count)
 
 
 def delivered(sock: Any) -> bool | None:
@@ -52,7 +53,7 @@ def delivered(sock: Any) -> bool | None:
         return False
 
 
-def after_reply(loop: Any, frontend: Any, listeners: list, observed: bool) -> "Delivery | None":
+def after_reply(loop: Any, frontend: Any, listeners: list[Any], observed: bool) -> Delivery | None:
     """What the front end runs once a reply is written: nothing more (None) for TCP clients
     whose outcome nobody observes."""
     if observed or any(listener.unix for listener in listeners):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import resource
-from typing import Callable
+from collections.abc import Callable
 
 RESERVE_BASE = 32       # gevent, logging, the fork server's channel, transient ones
 PER_WORKER = 8          # a join takes about 4; a reload joins a second one per worker

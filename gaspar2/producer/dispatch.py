@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any, Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from ..frontend.budget import PLENTY, Budget
 
@@ -156,7 +157,9 @@ class Dispatcher:
         ``closed``); None if that worker does not hold it. The caller releases what the
         request held at the worker (``request_left`` is for the other ways out)."""
         seat = self.seats.get(worker_id)
-        request = seat.held.pop(request_id, None) if seat is not None else None
+        if seat is None:
+            return None
+        request = seat.held.pop(request_id, None)
         if request is None:
             return None
         if seat.stuck_on == request_id:
@@ -175,10 +178,7 @@ class Dispatcher:
         held = list(seat.held.values())
         for request in held:
             self.events.request_left(request)
-        if claimed is None:
-            began = held[:1]
-        else:
-            began = [r for r in held if r.seq <= claimed]
+        began = held[:1] if claimed is None else [r for r in held if r.seq <= claimed]
         self._requeue([r for r in held if r not in began])
         return [request for request in began if not request.closed]
 

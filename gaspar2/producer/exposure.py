@@ -4,11 +4,12 @@ told. The producer decides when; this module knows how."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..frontend import listeners
-from . import metrics, systemd
 from ..frontend.delivery import after_reply
+from . import metrics, systemd
 from .metrics import Observer
 
 

@@ -20,16 +20,16 @@ import gevent
 import gevent.event
 
 from .. import logs, settings
-from . import metrics
-from ..workers import forkserver
 from ..consumer import Consumer, as_consumer, describe, target_of
-from .exposure import Exposure
-from .path import RequestPath
-from ..workers.process import make_ipc_dir, raise_open_file_limit, set_title
 from ..protocol.progress import ProgressTable
-from .members import RemoteMembers
-from .transport import Announcing, Transport
+from ..workers import forkserver
+from ..workers.process import make_ipc_dir, raise_open_file_limit, set_title
 from ..workers.worker import LocalWorkers
+from . import metrics
+from .exposure import Exposure
+from .members import RemoteMembers
+from .path import RequestPath
+from .transport import Announcing, Transport
 
 log = logging.getLogger("gaspar2")
 
@@ -66,7 +66,8 @@ class Producer:
         self.settings = settings.resolve(options)
         self.settings.workers = self.settings.workers or os.cpu_count() or 1
         self.spec, self.consumer = target_of(consumer)
-        self.name = self.settings.name or self.spec or describe(self.consumer)
+        self.name = (self.settings.name or self.spec
+                     or (describe(self.consumer) if self.consumer is not None else "?"))
         self.state = State.STARTING
         self._stop_signal = ("", 0.0)   # the first stop signal, and when it was logged
         self.running = gevent.event.Event()
@@ -158,7 +159,10 @@ class Producer:
         self.notifier.ready(self.exposure.serving_line())
 
     def _make_consumer(self) -> Consumer:
-        return as_consumer(self.spec) if self.spec else self.consumer
+        if self.spec:
+            return as_consumer(self.spec)     # imported afresh in each worker
+        assert self.consumer is not None
+        return self.consumer
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, finish the requests received (up to ``timeout``, by default the

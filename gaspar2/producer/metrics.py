@@ -12,7 +12,8 @@ from __future__ import annotations
 import gc
 import json
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import greenlet
 
@@ -107,11 +108,12 @@ class Metrics:
         try:
             import prometheus_client as prom
         except ImportError:
-            raise RuntimeError("--metrics needs prometheus-client: pip install 'gaspar2[metrics]'")
+            raise RuntimeError("--metrics needs prometheus-client: "
+                               "pip install 'gaspar2[metrics]'") from None
         from gevent.pool import Pool
         from gevent.pywsgi import WSGIServer
 
-        class BoundedServer(WSGIServer):
+        class BoundedServer(WSGIServer):  # type: ignore[misc]  # gevent has no types
             def handle(self, sock: Any, address: Any) -> None:
                 sock.settimeout(METRICS_IDLE)
                 super().handle(sock, address)
@@ -142,7 +144,8 @@ class Metrics:
         try:
             self.server.start()
         except OSError as exc:
-            raise OSError(exc.errno, "cannot serve metrics on %s: %s" % (address, exc.strerror))
+            raise OSError(exc.errno, "cannot serve metrics on %s: %s"
+                          % (address, exc.strerror)) from exc
         log.info("metrics on http://%s:%d/metrics, health on /healthz",
                  *self.server.address[:2])
 
@@ -154,10 +157,13 @@ class Metrics:
             self.bytes_out.inc(size_out)
 
 
-def health_app(health: Health, metrics_app: Callable) -> Callable:
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]
+
+
+def health_app(health: Health, metrics_app: WSGIApp) -> WSGIApp:
     """``GET /healthz``: 200 while a worker is ready, else 503, with the counts as one line of
     JSON; every other path goes to ``metrics_app``."""
-    def app(environ: dict, start_response: Callable) -> list[bytes]:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
         if environ.get("PATH_INFO") != "/healthz":
             return metrics_app(environ, start_response)
         if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):

@@ -37,7 +37,8 @@ import logging
 import secrets
 import socket
 import time
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import zmq
 
@@ -283,6 +284,7 @@ class RequestPath:
             conn.watcher.stop()
             self._forget_reader(conn)       # it was read over several wake-ups
         payload = conn.payload = reader.payload
+        assert payload is not None          # complete
         conn.size_in = len(payload)
         if type(payload) is Region:
             conn.region = payload
@@ -370,7 +372,7 @@ class RequestPath:
 
     # -- 4. the workers' answers -------------------------------------------------------------
 
-    def on_sink(self, sock: zmq.Socket) -> None:
+    def on_sink(self, sock: zmq.SyncSocket) -> None:
         """Drain a sink (its FD is edge-triggered): at most ``READS_PER_WAKEUP`` messages,
         the rest from a callback, so a flood on the remote sink cannot keep the loop from
         its clients. An error while draining is logged and followed by another look."""
@@ -391,7 +393,7 @@ class RequestPath:
         if self.transport.remote is not None:
             self._drain(self.transport.remote.sock)
 
-    def _drain(self, sock: zmq.Socket, most: int = -1) -> bool:
+    def _drain(self, sock: zmq.SyncSocket, most: int = -1) -> bool:
         """Read and act on up to ``most`` messages (all, if negative); True once the sink is
         drained. It stops when ZeroMQ's EVENTS shows no more input: reading EVENTS re-arms
         the edge-triggered FD, and costs less than a read that fails with zmq.Again."""
@@ -400,9 +402,10 @@ class RequestPath:
         curve = not local and self.transport.remote is not None and self.transport.remote.curve
         while most != 0:
             try:
-                frames = wire.recv_frames(sock, wire.NOBLOCK)
+                frame = sock.recv(wire.NOBLOCK, copy=False)
             except zmq.Again:
                 return True
+            frames = wire.with_rest(sock, frame) if frame.more else [frame]
             most -= 1
             try:
                 message = wire.decode(frames)
@@ -410,12 +413,13 @@ class RequestPath:
                 self.drops.count("malformed", "%s sink: %s" % ("local" if local else "remote",
                                                                exc))
             else:
+                user_id = frames[0].get("User-Id") if curve else None
                 try:
-                    self._act_on(message, local, frames[0].get("User-Id") if curve else None)
+                    self._act_on(message, local, user_id if isinstance(user_id, str) else None)
                 except Exception:
                     errors.log(logging.ERROR, "message", "error acting on a %r message, "
                                "going on", message.kind, exc_info=True)
-            if not sock.getsockopt(wire.EVENTS) & wire.POLLIN:
+            if not int(sock.getsockopt(wire.EVENTS)) & wire.POLLIN:
                 return True
         return False
 
@@ -577,9 +581,12 @@ class RequestPath:
         if worker.id in self.dispatcher.seats:
             log.warning("%r claims the id of a worker already serving: ignored", worker)
             return
-        assert worker.remote or self.transport is not None
         try:
-            send = sender(worker.push) if worker.remote else self.transport.connect_local(worker.id)
+            if worker.remote:
+                send = sender(worker.push)
+            else:
+                assert self.transport is not None
+                send = self.transport.connect_local(worker.id)
         except zmq.ZMQError as exc:
             self.throttled.log(logging.ERROR, "join", "cannot connect to %r: %s; retrying in "
                                "%.1f s", worker, exc, JOIN_RETRY)

@@ -12,14 +12,15 @@ for want of file descriptors is retried by ZeroMQ; an ipc listener would abort t
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import zmq
 
-from ..protocol import wire
-from .dispatch import Full
 from ..frontend.fds import FdReserve
 from ..guard import guarded
+from ..protocol import wire
+from .dispatch import Full
 from .members import RemoteSink
 
 log = logging.getLogger("gaspar2")
@@ -31,7 +32,7 @@ SEND = zmq.backend.Socket.send
 
 
 class Transport:
-    def __init__(self, loop: Any, on_sink: Callable[[zmq.Socket], None], ipc_dir: str,
+    def __init__(self, loop: Any, on_sink: Callable[[zmq.SyncSocket], None], ipc_dir: str,
                  max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE):
         self.loop = loop
         self.on_sink = on_sink          # drains a sink (the request path's)
@@ -39,7 +40,7 @@ class Transport:
         self.max_message_size = max_message_size
         self.ctx = zmq.Context()
         self.watchers: list[Any] = []
-        self.pushes: dict[int, zmq.Socket] = {}    # local worker id -> its PUSH socket
+        self.pushes: dict[int, zmq.SyncSocket] = {}    # local worker id -> its PUSH socket
         self.remote: RemoteSink | None = None
         self.sink = self.ctx.socket(zmq.PULL)
         self.sink.reconnect_ivl = RECONNECT_MS
@@ -51,10 +52,11 @@ class Transport:
         self.remote = RemoteSink(self.ctx, endpoint, secret_key, authorized, insecure,
                                  self.max_message_size, max_workers, fds)
         self._watch(self.remote.sock, self.on_sink)
-        self._watch(self.remote.monitor, guarded(lambda sock: self.remote.read_monitor()))
-        return self.remote
+        remote = self.remote
+        self._watch(remote.monitor, guarded(lambda sock: remote.read_monitor()))
+        return remote
 
-    def _watch(self, sock: zmq.Socket, callback: Callable[[zmq.Socket], None]) -> None:
+    def _watch(self, sock: zmq.SyncSocket, callback: Callable[[zmq.SyncSocket], None]) -> None:
         sock.linger = 0
         watcher = self.loop.io(sock.FD, 1)
         watcher.start(callback, sock)
@@ -109,7 +111,7 @@ class Announcing:
         self.forkserver.kill(worker_id, signum)
 
 
-def sender(push: zmq.Socket, local: bool = False) -> Send:
+def sender(push: zmq.SyncSocket, local: bool = False) -> Send:
     """A seat's ``send``: a batch of connections as one message on ``push``. A body in the
     arena goes to a local worker as its place there, and to a remote one as its bytes."""
     def send(conns: list[Any], epoch: int, seq: int) -> None:

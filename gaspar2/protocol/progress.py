@@ -32,6 +32,8 @@ SLOT_SIZE = 128
 EPOCH, CLAIMED, RUNNING, SINCE, SLOW, BEAT = (SEM_SIZE + 8 * i for i in range(6))
 U64, F64 = struct.Struct("Q"), struct.Struct("d")
 CLAIM = struct.Struct("QQ")       # claimed seq, running id: adjacent, written at once
+TIMES = struct.Struct("ddd")      # since, slow after, beat: adjacent, written at once
+NOT_RUNNING = U64.pack(0)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sem_init.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
@@ -94,23 +96,25 @@ class ProgressTable:
 
     def claim(self, slot: int, epoch: int, seq: int, request_id: int, now: float) -> bool:
         """Start ``request_id`` unless the producer took it back (its epoch has passed)."""
-        sem = self._sem(slot)
+        base = slot * SLOT_SIZE        # the slot's fields written in place: see _put
+        sem = self.base + base
         while _libc.sem_wait(sem) != 0:
             if ctypes.get_errno() != errno.EINTR:
                 raise OSError(ctypes.get_errno(), "sem_wait failed")
         try:
-            if U64.unpack_from(self.map, slot * SLOT_SIZE + EPOCH)[0] != epoch:
+            if U64.unpack_from(self.map, base + EPOCH)[0] != epoch:
                 return False
-            self._put(slot, SINCE, F64.pack(now))
-            self._put(slot, CLAIMED, CLAIM.pack(seq, request_id))
+            self.map[base + SINCE:base + SINCE + F64.size] = F64.pack(now)
+            self.map[base + CLAIMED:base + CLAIMED + CLAIM.size] = CLAIM.pack(seq, request_id)
             return True
         finally:
             _libc.sem_post(sem)
 
     def done(self, slot: int, slow_after: float, now: float) -> None:
         """The request is answered: idle since ``now``; slow is past ``slow_after`` s."""
-        self._put(slot, SINCE, struct.pack("ddd", now, slow_after, now))
-        self._put(slot, RUNNING, U64.pack(0))
+        base = slot * SLOT_SIZE        # in place, as _put does it
+        self.map[base + SINCE:base + SINCE + TIMES.size] = TIMES.pack(now, slow_after, now)
+        self.map[base + RUNNING:base + RUNNING + U64.size] = NOT_RUNNING
 
     def beat(self, slot: int, now: float) -> None:
         """The worker's loop is alive (it writes this while idle, too)."""

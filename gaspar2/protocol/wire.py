@@ -116,10 +116,15 @@ Frames = Sequence[zmq.Frame | bytes]        # a message's frames, as received
 def recv_frames(sock: zmq.SyncSocket, flags: int = 0) -> list[zmq.Frame]:
     """One multipart ZeroMQ message as zmq.Frame objects (recv_multipart without the
     per-part option lookups)."""
-    frame = sock.recv(flags, copy=False)
-    frames = [frame]
+    return with_rest(sock, sock.recv(flags, copy=False))
+
+
+def with_rest(sock: zmq.SyncSocket, first: zmq.Frame) -> list[zmq.Frame]:
+    """``first`` and the parts after it: ZeroMQ delivers a message whole, so they are in."""
+    frames = [first]
+    frame = first
     while frame.more:
-        frame = sock.recv(flags, copy=False)
+        frame = sock.recv(NOBLOCK, copy=False)
         frames.append(frame)
     return frames
 
@@ -168,7 +173,7 @@ def send_batch(sock: zmq.SyncSocket, ids: list[int], payloads: Sequence[Data], e
 def encode_batch(ids: list[int], payloads: Sequence[Data], epoch: int = 0,
                  seq: int = 0) -> bytes:
     count = len(ids)
-    head = BATCH_HEAD[count].pack(BATCH, epoch, seq, count, *ids, *[len(p) for p in payloads])
+    head = BATCH_HEAD[count].pack(BATCH, epoch, seq, count, *ids, *map(len, payloads))
     return b"".join([head, *payloads, head[:BATCH_FIXED.size]])
 
 
@@ -178,7 +183,8 @@ def decode_batch(frames: Frames) -> Batch:
     shared arena (see arena.py). Refuses anything but one frame that adds up exactly."""
     if len(frames) != 1:
         raise BadMessage("a batch in %d frames" % len(frames))
-    view = frame_view(frames[0])
+    frame = frames[0]
+    view = frame.buffer if isinstance(frame, zmq.Frame) else memoryview(frame)
     fixed = BATCH_FIXED.size
     if len(view) < 2 * fixed or view[0] != BATCH[0]:
         raise BadMessage("not a batch: %r" % bytes(view[:fixed]))
@@ -233,7 +239,8 @@ def frame_view(frame: zmq.Frame | bytes) -> memoryview:
 
 def decode(frames: Frames) -> Message:
     """Validate and decode one message from a sink; BadMessage says what is wrong."""
-    first = frame_view(frames[0])
+    frame = frames[0]
+    first = frame.buffer if isinstance(frame, zmq.Frame) else memoryview(frame)
     kind = bytes(first[:1])
     layout = HEADS.get(kind)
     if layout is None:
@@ -247,7 +254,9 @@ def decode(frames: Frames) -> Message:
     if kind == HELLO and len(frames) == 3:
         check_hello(frame_bytes(frames[1]), frame_bytes(frames[2]))
     fields = layout.unpack_from(first)
-    return Message(kind, fields[1], fields[2], fields[3] if len(fields) > 3 else 0, frames, body)
+    # tuple.__new__ builds the same Message without the Python frame of its generated __new__.
+    return tuple.__new__(Message, (kind, fields[1], fields[2], fields[3] if len(fields) > 3
+                                   else 0, frames, body))
 
 
 def check_hello(endpoint: bytes, key: bytes) -> None:

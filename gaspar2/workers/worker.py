@@ -39,6 +39,9 @@ from .supervisor import EXIT_SETUP_FAILED
 log = logging.getLogger("gaspar2.worker")
 
 PARENT_CHECK_MS = 500           # an idle worker checks on its parent this often
+REPLY_HEAD, SHARED_REPLY_HEAD = wire.HEADS[wire.REPLY], wire.HEADS[wire.SHARED_REPLY]
+# pyzmq's own send, under the Python-level wrapper that adds nothing a reply uses.
+SEND = zmq.backend.Socket.send
 MAX_TRACEBACK = 32 * 1024       # bytes of a handler's traceback sent to the producer
 
 
@@ -102,6 +105,8 @@ class Worker:
             self.consumer = self.make_consumer()
             self.consumer.setup()
             self.as_view = bool(getattr(self.consumer, "accepts_memoryview", False))
+            # Given a memoryview only if it accepts_memoryview (see _run).
+            self.handle = cast("Callable[[bytes | memoryview], Reply]", self.consumer.handle)
         except BaseException:
             report_setup_failure(self.id, self.report_dir)
             return EXIT_SETUP_FAILED
@@ -155,15 +160,16 @@ class Worker:
         """Wait up to PARENT_CHECK_MS for requests; a TERM may end the wait (StopNow)."""
         self.waiting = True
         try:
-            frames = wire.recv_frames(self.pull)
+            frame = self.pull.recv(0, copy=False)
         except zmq.Again:
-            frames = None
+            frame = None
         finally:
             self.waiting = False
-        if frames is None:
+        if frame is None:
             self.progress.beat(self.slot, time.monotonic())    # idle, and alive
             return
-        if wire.is_control(frames):
+        frames = wire.with_rest(self.pull, frame) if frame.more else [frame]
+        if len(frames) > 1 and wire.is_control(frames):     # a batch is one frame
             heard = self._control(frames)
         else:
             try:    # a remote worker's endpoint without CURVE takes pushes from anyone
@@ -181,25 +187,26 @@ class Worker:
         return False
 
     def _run(self, request_id: int, payload: memoryview, shared: bool, began: float) -> None:
-        # handle() is given a memoryview too if the consumer accepts_memoryview (see _body).
-        handle = cast("Callable[[bytes | memoryview], Reply]", self.consumer.handle)
         try:
-            body = reply_bytes(handle(self._body(payload, shared)))
+            if shared:
+                message = self._shared_body(payload)
+            else:
+                message = payload if self.as_view else bytes(payload)
+            body = reply_bytes(self.handle(message))
         except BaseException:       # SystemExit, KeyboardInterrupt: fail the request alone
             self._fail(request_id, traceback.format_exc())
         else:
             self._reply(request_id, body)
         self.place = None
         done = time.monotonic()
-        # A slow request counts no more than the threshold, so one cannot inflate it.
-        slow_after = self._slow_after()
+        # Longer than this is slow: what this worker holds behind it goes to others. A slow
+        # request counts no more than the threshold, so one cannot inflate it.
+        slow_after = max(self.slow_min, 4 * self.typical)
         self.typical += (min(done - began, slow_after) - self.typical) * 0.2
         self.progress.done(self.slot, slow_after, done)
 
-    def _body(self, payload: memoryview, shared: bool) -> bytes | memoryview:
-        """What the handler gets: bytes, or a memoryview if it takes one (no copy)."""
-        if not shared:
-            return payload if self.as_view else bytes(payload)
+    def _shared_body(self, payload: memoryview) -> bytes | memoryview:
+        """A body in the arena: bytes, or a memoryview if the handler takes one (no copy)."""
         if self.arena is None:
             raise ValueError("a shared body, and no shared memory here")
         offset, size, capacity = place(self.arena, payload)
@@ -217,18 +224,16 @@ class Worker:
         if self.place is not None and size <= self.place[1]:
             assert self.arena is not None       # over the body, in the arena: no copy out
             self.arena[self.place[0]:self.place[0] + size] = memoryview(body).cast("B")
-            self.push.send(self._head(wire.SHARED_REPLY, request_id) + wire.SIZE.pack(size))
+            head = SHARED_REPLY_HEAD.pack(wire.SHARED_REPLY, self.id, self.token, request_id)
+            SEND(self.push, head + wire.SIZE.pack(size))
         else:       # one frame, copied: see wire.py for why never copy=False
-            self.push.send(b"".join((self._head(wire.REPLY, request_id), body)))
+            head = REPLY_HEAD.pack(wire.REPLY, self.id, self.token, request_id)
+            SEND(self.push, b"".join((head, body)))
 
     def _fail(self, request_id: int, text: str) -> None:
         text = "worker %d (pid %d):\n%s" % (self.id, os.getpid(), text)
         body = text.encode("utf-8", "replace")[-MAX_TRACEBACK:]
         self.push.send(self._head(wire.ERROR, request_id) + body)
-
-    def _slow_after(self) -> float:
-        """Longer than this is slow: what this worker holds behind it goes to others."""
-        return max(self.slow_min, 4 * self.typical)
 
     def _on_term(self, signum: int, frame: object) -> None:
         """Finish the request under way; an idle worker leaves at once, and so does one

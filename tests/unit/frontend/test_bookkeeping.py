@@ -9,10 +9,10 @@ import socket
 from hypothesis import given, settings, strategies as st
 
 from gaspar2.frontend import frames
-from gaspar2.protocol import wire
 from gaspar2.frontend.budget import UNBOUNDED, Budget, Readers
 from gaspar2.frontend.fds import FdReserve
 from gaspar2.guard import Drops, Throttled, guarded
+from gaspar2.protocol import wire
 
 MiB = 2**20
 

@@ -7,11 +7,11 @@ import zmq
 from hypothesis import given, settings, strategies as st
 
 from gaspar2 import settings as options
-from gaspar2.protocol import wire
 from gaspar2.producer.dispatch import Seat
-from gaspar2.producer.path import RequestPath
-from gaspar2.protocol.progress import ProgressTable
 from gaspar2.producer.members import RemoteMembers
+from gaspar2.producer.path import RequestPath
+from gaspar2.protocol import wire
+from gaspar2.protocol.progress import ProgressTable
 from gaspar2.protocol.wire import REMOTE_ID_MIN
 
 KEY_A, KEY_B = "A" * 40, "B" * 40
