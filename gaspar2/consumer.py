@@ -40,14 +40,26 @@ class Consumer:
         return self.handler(message)
 
 
+class MissingAttribute(AttributeError):
+    """``MODULE:ATTR`` names an attribute that is not there: ``part`` of ``owner``."""
+
+    def __init__(self, message: str, part: str, owner: Any):
+        super().__init__(message)
+        self.part, self.owner = part, owner
+
+
 def load_target(spec: str) -> Any:
-    """Import ``MODULE:ATTR`` (ATTR may be dotted), looking in the current directory too."""
+    """Import ``MODULE:ATTR`` (ATTR may be dotted), looking in the current directory too:
+    the one way the app is found, by workers and by the command line's checks."""
     module_name, attr = split_spec(spec)
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     target: Any = importlib.import_module(module_name)
     for part in attr.split("."):
-        target = getattr(target, part)
+        try:
+            target = getattr(target, part)
+        except AttributeError as exc:
+            raise MissingAttribute(str(exc), part, target) from None
     return target
 
 

@@ -18,10 +18,9 @@ import os
 import signal
 import sys
 import traceback
-from typing import Any
 
 from . import logs
-from .consumer import Consumer, split_spec
+from .consumer import Consumer, MissingAttribute, load_target, split_spec
 
 log = logging.getLogger("gaspar2")
 
@@ -32,26 +31,22 @@ EXIT_LOAD = 4        # the app cannot be found: no such module, or no such attri
 
 def resolve(spec: str) -> int:
     """Import MODULE and read ATTR of ``spec``, logging what is wrong; an exit code."""
-    module_name, attr = split_spec(spec)
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
+    module_name, _ = split_spec(spec)
     try:
-        target: Any = importlib.import_module(module_name)
+        target = load_target(spec)
     except ModuleNotFoundError as exc:
         if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
             log.error("cannot load %s: no module named %r", spec, exc.name)
             return EXIT_LOAD
         return import_failed(spec, module_name, exc)
+    except MissingAttribute as exc:
+        names = [n for n in dir(exc.owner) if n[:1] != "_"]
+        close = difflib.get_close_matches(exc.part, names, 1)
+        log.error("cannot load %s: %s%s", spec, exc,
+                  " (did you mean %r?)" % close[0] if close else "")
+        return EXIT_LOAD
     except BaseException as exc:
         return import_failed(spec, module_name, exc)
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError as exc:
-            close = difflib.get_close_matches(part, [n for n in dir(target) if n[:1] != "_"], 1)
-            log.error("cannot load %s: %s%s", spec, exc,
-                      " (did you mean %r?)" % close[0] if close else "")
-            return EXIT_LOAD
     if not (isinstance(target, Consumer) or callable(target)):
         log.error("cannot load %s: expected a Consumer, a Consumer subclass or a callable, "
                   "got %r", spec, target)

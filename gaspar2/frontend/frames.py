@@ -16,7 +16,7 @@ from ..protocol.wire import HEADER, FrameError
 # The first read of every frame lands here, so a small frame takes one recv and one copy.
 # Safe to share: each read is copied out before the next one.
 _SCRATCH = bytearray(64 * 1024)
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)    # every read and write on a client socket
 READ_SLICE = 1 << 20            # payload bytes read per wake-up, at most, after the first read
 FIRST_CAPACITY = 4096           # a buffer's least size, and least growth (up to the length)
 GROWTH_MAX = 16 << 20           # a buffer grows by at most this much at once
@@ -112,7 +112,7 @@ class FrameReader:
             buffer = self.buffer
             end = min(len(buffer), self.got + allowance, target)
             with memoryview(buffer) as view:
-                n = sock.recv_into(view[self.got:end], 0, _DONTWAIT)
+                n = sock.recv_into(view[self.got:end], 0, DONTWAIT)
             if not n:
                 raise FrameError(FrameError.CLOSED, self.got, self.length)
             self.got += n
@@ -137,7 +137,7 @@ class FrameReader:
         return self.length if 2 * size >= self.length else size
 
     def _read_header(self, sock: socket.socket) -> bool:
-        n = sock.recv_into(_SCRATCH, 0, _DONTWAIT)
+        n = sock.recv_into(_SCRATCH, 0, DONTWAIT)
         if not n:
             raise FrameError(FrameError.CLOSED, len(self.header), HEADER.size, in_header=True)
         whole = len(self.header) + n     # a header split across reads is rare: copy it then

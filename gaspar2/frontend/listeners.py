@@ -22,12 +22,12 @@ from typing import Any
 from ..protocol import wire
 from ..settings import host_port
 from . import frames
+from .frames import DONTWAIT
 
 log = logging.getLogger("gaspar2")
 
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a RST
 FIN_ON_CLOSE = struct.pack("ii", 0, 0)       # SO_LINGER off: close() ends in order
-DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 PEEK = DONTWAIT | socket.MSG_PEEK
 
 

@@ -45,8 +45,8 @@ import zmq
 from ..frontend.budget import Budget, Readers, default_limit, release_memory
 from ..frontend.connections import Connection
 from ..frontend.fds import FdReserve, reserve_for
-from ..frontend.frames import READ_SLICE
-from ..frontend.listeners import DONTWAIT, FIN_ON_CLOSE, RESET_ON_CLOSE
+from ..frontend.frames import DONTWAIT, READ_SLICE
+from ..frontend.listeners import FIN_ON_CLOSE, RESET_ON_CLOSE
 from ..guard import Drops, Throttled, errors, guarded
 from ..protocol import wire
 from ..protocol.arena import Arena, Region

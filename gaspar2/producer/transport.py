@@ -20,12 +20,11 @@ import zmq
 from ..frontend.fds import FdReserve
 from ..guard import guarded
 from ..protocol import wire
-from .dispatch import Full
+from .dispatch import Full, Send
 from .members import RemoteSink
 
 log = logging.getLogger("gaspar2")
 
-Send = Callable[[list[Any], int, int], None]
 RECONNECT_MS = 10           # the sink's retry while a new worker has not bound yet
 # pyzmq's own send, under the Python-level wrapper that adds nothing a batch uses.
 SEND = zmq.backend.Socket.send

@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ..loading import EXIT_BOOT
 from ..protocol.progress import ProgressTable
 from .process import Backoff
 
 log = logging.getLogger("gaspar2")
 
-EXIT_SETUP_FAILED = 3
 OUTSIDE = (signal.SIGKILL, signal.SIGTERM)    # sent by someone: says nothing of the code
 MIN_SILENCE = 1.0           # an idle worker beats every 0.5 s: allow it one miss
 
@@ -69,7 +69,7 @@ def describe_status(status: int, ready: bool) -> str:
     if os.WIFSIGNALED(status):
         return "killed by %s" % signal.Signals(os.WTERMSIG(status)).name
     code = os.WEXITSTATUS(status)
-    if code == EXIT_SETUP_FAILED and not ready:
+    if code == EXIT_BOOT and not ready:
         return "setup() failed (traceback above)"
     return "exited with status %d" % code
 

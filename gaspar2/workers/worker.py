@@ -29,12 +29,11 @@ from typing import cast
 import zmq
 
 from ..consumer import Consumer, Reply, reply_bytes
-from ..loading import report_setup_failure, setup_succeeded
+from ..loading import EXIT_BOOT, report_setup_failure, setup_succeeded
 from ..protocol import wire
 from ..protocol.arena import Arena, place
 from ..protocol.progress import ProgressTable
 from .process import original, set_title
-from .supervisor import EXIT_SETUP_FAILED
 
 log = logging.getLogger("gaspar2.worker")
 
@@ -109,7 +108,7 @@ class Worker:
             self.handle = cast("Callable[[bytes | memoryview], Reply]", self.consumer.handle)
         except BaseException:
             report_setup_failure(self.id, self.report_dir)
-            return EXIT_SETUP_FAILED
+            return EXIT_BOOT
         setup_succeeded(self.report_dir)
         ctx = zmq.Context()
         try:
