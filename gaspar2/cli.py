@@ -6,13 +6,12 @@ import argparse
 import logging
 import os
 import sys
-import traceback
 from typing import Any
 
 from . import __version__, client, config, logs, settings
-from .consumer import as_consumer
+from .consumer import as_consumer, reply_bytes
 from .frontend import listeners
-from .loading import EXIT_BOOT, EXIT_USAGE, find_module, probe
+from .loading import EXIT_BOOT, EXIT_USAGE, find_module, probe, resolve
 from .producer.lifecycle import Producer, WorkerBootError
 from .protocol.curve import generate_keys
 from .workers.group import serve_group
@@ -67,8 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_argument("directory")
     keys.add_argument("name", help="writes NAME.key (public) and NAME.key_secret")
 
-    check = commands.add_parser("check", help="import a handler and run its setup(), then exit")
+    check = commands.add_parser(
+        "check", help="find a handler as serve would, run its setup(), optionally one request",
+        epilog="exit status: as serve's (2 usage, 3 setup() raised, 4 the app cannot be "
+               "found or cannot take a request), and 1 when --request fails.")
     check.add_argument("target", metavar="MODULE:ATTR")
+    check.add_argument("--request", metavar="DATA", default=None,
+                       help="run one request with DATA as its body; print the reply")
 
     req = commands.add_parser("request", help="send one request and print the reply")
     req.add_argument("url", metavar="HOST:PORT")
@@ -147,22 +151,44 @@ def request(args: argparse.Namespace) -> int:
     except (client.RequestFailed, ValueError) as exc:
         print("gaspar2 request: %s" % exc, file=sys.stderr)
         return 1
+    write_reply(reply)
+    return 0
+
+
+def write_reply(reply: bytes) -> None:
     sys.stdout.buffer.write(reply)
     if sys.stdout.isatty() and not reply.endswith(b"\n"):
         sys.stdout.buffer.write(b"\n")      # the shell's prompt starts on a line of its own
     sys.stdout.buffer.flush()
-    return 0
 
 
 def check(args: argparse.Namespace) -> int:
-    """Deploy-time sanity check: what every worker does before its first request."""
+    """Deploy-time sanity check: what serve checks before it forks, then what every worker
+    does before its first request, then (with --request) one request, all in this process."""
+    logs.configure()
     try:
-        as_consumer(args.target).setup()
-    except Exception:
-        traceback.print_exc()
-        print("gaspar2 check: %s failed" % args.target, file=sys.stderr)
+        code = resolve(args.target)
+    except ValueError as exc:
+        return usage_error("check", exc)
+    if code:
+        return code
+    consumer = as_consumer(args.target)
+    try:
+        consumer.setup()
+    except Exception as exc:
+        log.error("cannot serve %s: setup() raised %s: %s", args.target, type(exc).__name__,
+                  exc, exc_info=True)
+        return EXIT_BOOT
+    if args.request is None:
+        print("gaspar2 check: %s imported and set up" % args.target)
+        return 0
+    try:
+        reply = reply_bytes(consumer.handle(os.fsencode(args.request)))
+    except Exception as exc:
+        log.error("%s failed the request: %s: %s", args.target, type(exc).__name__, exc,
+                  exc_info=True)
         return 1
-    print("gaspar2 check: %s imported and set up" % args.target)
+    write_reply(bytes(reply))
     return 0
 
 

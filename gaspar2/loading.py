@@ -13,11 +13,13 @@ import glob
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 import signal
 import sys
 import traceback
+from typing import Any
 
 from . import logs
 from .consumer import Consumer, MissingAttribute, load_target, split_spec
@@ -51,7 +53,42 @@ def resolve(spec: str) -> int:
         log.error("cannot load %s: expected a Consumer, a Consumer subclass or a callable, "
                   "got %r", spec, target)
         return EXIT_LOAD
+    wrong = signature_problem(target)
+    if wrong:
+        log.error("cannot load %s: %s", spec, wrong)
+        return EXIT_LOAD
     return 0
+
+
+def signature_problem(target: object) -> str | None:
+    """Why ``target`` cannot take a request (no handler, or one that does not accept a single
+    positional argument), or None. Checked before any worker starts, so a wrong signature is
+    one line at startup rather than a reset on every request; a callable whose signature
+    cannot be read gets the benefit of the doubt."""
+    arguments: tuple[object, ...] = (b"",)
+    if isinstance(target, type) and issubclass(target, Consumer):
+        if target.handle is Consumer.handle:
+            return "%s does not override handle()" % target.__qualname__
+        handle: Any = target.handle
+        arguments = (None, b"")                 # unbound: self, then the request
+    elif isinstance(target, Consumer) and type(target).handle is Consumer.handle:
+        if target.handler is None:
+            return "this Consumer has no handler: pass Consumer(handler=...) or override handle()"
+        handle = target.handler
+    elif isinstance(target, Consumer):
+        handle = target.handle
+    else:
+        handle = target
+    try:
+        signature = inspect.signature(handle)
+    except (TypeError, ValueError):
+        return None
+    try:
+        signature.bind(*arguments)
+    except TypeError as exc:
+        name = getattr(handle, "__qualname__", repr(handle))
+        return "%s cannot be called with one argument, the request (%s)" % (name, exc)
+    return None
 
 
 def import_failed(spec: str, module_name: str, exc: BaseException) -> int:

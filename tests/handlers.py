@@ -182,3 +182,13 @@ def scratch(message):
     first[::4096] = second[::4096] = b"x" * len(first[::4096])
     del first, second
     return b"%d:" % len(message) + bytes(message[:32])
+
+
+def noarg():
+    """A mistake ``gaspar2 check`` and ``serve`` refuse: a handler that takes no request."""
+    return b"never"
+
+
+def returns_int(message):
+    """A mistake only a request shows: the reply is not bytes."""
+    return len(message)

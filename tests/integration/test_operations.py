@@ -111,17 +111,40 @@ def test_quit_stops_at_once(serve, tmp_path):
     assert time.monotonic() - began < 30
 
 
+def gaspar2_check(*arguments):
+    return subprocess.run([sys.executable, "-m", "gaspar2", "check", *arguments],
+                          capture_output=True, cwd=ROOT, timeout=60)
+
+
 def test_check_command():
-    def check(target):
-        return subprocess.run([sys.executable, "-m", "gaspar2", "check", target],
-                              capture_output=True, cwd=ROOT, timeout=60)
-    done = check("tests.handlers:Upper")
+    done = gaspar2_check("tests.handlers:Upper")
     assert done.returncode == 0 and b"imported and set up" in done.stdout
-    done = check("tests.handlers:BrokenSetup")
-    assert done.returncode == 1
-    assert b"RuntimeError: cannot open the model file" in done.stderr
-    done = check("tests.handlers:nothing_here")
-    assert done.returncode == 1 and b"AttributeError" in done.stderr
+    done = gaspar2_check("tests.handlers:Upper", "--request", "quiet")
+    assert done.returncode == 0 and done.stdout.endswith(b":QUIET")
+
+
+@pytest.mark.parametrize("arguments, status, says", [
+    (["tests.handlers:BrokenSetup"], 3,
+     b"setup() raised RuntimeError: cannot open the model file"),
+    (["tests.handlers:Uper"], 4, b"has no attribute 'Uper' (did you mean 'Upper'?)"),
+    (["tests.no_such_module:x"], 4, b"no module named 'tests.no_such_module'"),
+    (["tests.handlers:noarg"], 4, b"noarg cannot be called with one argument"),
+    (["tests.handlers:returns_int", "--request", "x"], 1,
+     b"failed the request: TypeError: handler returned int"),
+    (["tests.handlers:work", "--request", "fail"], 1, b"RuntimeError: asked to fail"),
+    (["no-colon"], 2, b"expected MODULE:ATTR"),
+])
+def test_check_reports_each_mistake_as_serve_does(arguments, status, says):
+    """Each mistake: check's exit status and line are serve's; nothing is printed as a reply."""
+    done = gaspar2_check(*arguments)
+    assert (done.returncode, done.stdout) == (status, b""), done.stderr
+    assert says in done.stderr
+    if status == 4:
+        assert b"Traceback" not in done.stderr
+        served = subprocess.run([sys.executable, "-m", "gaspar2", "serve", arguments[0],
+                                 "--bind", "127.0.0.1:0"], capture_output=True, cwd=ROOT,
+                                timeout=60)
+        assert served.returncode == 4 and says in served.stderr
 
 
 def free_port():
