@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import signal
+import stat
 import sys
-from typing import Any
+import tempfile
+from typing import Any, BinaryIO
 
 from . import __version__, client, config, logs, settings
 from .consumer import as_consumer, reply_bytes
@@ -74,10 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--request", metavar="DATA", default=None,
                        help="run one request with DATA as its body; print the reply")
 
-    req = commands.add_parser("request", help="send one request and print the reply")
-    req.add_argument("url", metavar="HOST:PORT")
-    req.add_argument("message", nargs="?", default="-", help="default or '-': read stdin")
-    req.add_argument("--timeout", type=float, default=None, metavar="S")
+    req = commands.add_parser(
+        "request", help="send one request and print the reply",
+        epilog="exit status: 0 the reply was printed, 1 the request failed (reset, refused, "
+               "timed out), 2 usage; a standard output closed early ends it quietly with 141, "
+               "as the shell reports a program stopped by SIGPIPE.")
+    req.add_argument("url", metavar="ADDRESS", help="HOST:PORT, [V6]:PORT, unix:PATH or unix:@NAME")
+    req.add_argument("message", nargs="?", default="-",
+                     help="the request's body; '-' (the default): standard input")
+    req.add_argument("--file", "-f", default=None, metavar="FILE",
+                     help="send FILE as the body; like standard input it is streamed, not read "
+                          "into memory first")
+    req.add_argument("--timeout", type=float, default=None, metavar="S",
+                     help="give up when the whole exchange takes longer than S seconds; "
+                          "0 (the default when absent): no limit")
     return parser
 
 
@@ -145,21 +159,70 @@ def run(target: str, options: dict[str, Any]) -> int:
 
 
 def request(args: argparse.Namespace) -> int:
-    message = sys.stdin.buffer.read() if args.message == "-" else os.fsencode(args.message)
+    timeout = args.timeout or None
+    if timeout is not None and timeout < 0:
+        return usage_error("request", "--timeout must be 0 (no limit) or more")
     try:
-        reply = client.request(args.url, message, timeout=args.timeout)
-    except (client.RequestFailed, ValueError) as exc:
+        if args.file is not None or args.message == "-":
+            with (open(args.file, "rb") if args.file is not None else spooled_stdin()) as body:
+                output = Output()
+                client.request_file(args.url, body, timeout=timeout, reply_to=output)
+                return output.finish()
+        reply = client.request(args.url, os.fsencode(args.message), timeout=timeout)
+    except ValueError as exc:
+        return usage_error("request", exc)
+    except BrokenPipeError:
+        return Output.closed()
+    except OSError as exc:              # a RequestFailed, or a file that cannot be read
         print("gaspar2 request: %s" % exc, file=sys.stderr)
         return 1
-    write_reply(reply)
-    return 0
+    return write_reply(reply)
 
 
-def write_reply(reply: bytes) -> None:
-    sys.stdout.buffer.write(reply)
-    if sys.stdout.isatty() and not reply.endswith(b"\n"):
-        sys.stdout.buffer.write(b"\n")      # the shell's prompt starts on a line of its own
-    sys.stdout.buffer.flush()
+class Output:
+    """Standard output for a reply written as it arrives."""
+
+    last = b"\n"
+
+    def write(self, data: bytes) -> None:
+        if data:
+            sys.stdout.buffer.write(data)
+            self.last = data[-1:]
+
+    def finish(self) -> int:
+        """0, after a newline for a terminal when the reply has none."""
+        if sys.stdout.isatty() and self.last != b"\n":
+            sys.stdout.buffer.write(b"\n")      # the shell's prompt starts on a line of its own
+        sys.stdout.buffer.flush()
+        return 0
+
+    @staticmethod
+    def closed() -> int:
+        """The reader left (``| head``): nothing to say, and nothing left for the interpreter
+        to flush at exit either; 141, as the shell reports a program stopped by SIGPIPE."""
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+
+
+def spooled_stdin() -> BinaryIO:
+    """Standard input as a regular file: itself when it is one (``< file``), else a copy in
+    a temporary file (a pipe), since the length goes first and memory must stay small."""
+    stdin = sys.stdin.buffer
+    if stat.S_ISREG(os.fstat(stdin.fileno()).st_mode):
+        return stdin
+    spool = tempfile.TemporaryFile()    # noqa: SIM115  # the caller closes it
+    shutil.copyfileobj(stdin, spool, 1 << 20)
+    spool.seek(0)
+    return spool
+
+
+def write_reply(reply: bytes) -> int:
+    output = Output()
+    try:
+        output.write(reply)
+        return output.finish()
+    except BrokenPipeError:
+        return Output.closed()
 
 
 def check(args: argparse.Namespace) -> int:
@@ -188,8 +251,7 @@ def check(args: argparse.Namespace) -> int:
         log.error("%s failed the request: %s: %s", args.target, type(exc).__name__, exc,
                   exc_info=True)
         return 1
-    write_reply(bytes(reply))
-    return 0
+    return write_reply(bytes(reply))
 
 
 def worker(args: argparse.Namespace) -> int:

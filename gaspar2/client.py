@@ -18,14 +18,15 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
+import os
 import socket
 import sys
 import time
 from collections.abc import Iterable, Iterator
 from types import ModuleType
-from typing import TypeAlias
+from typing import BinaryIO, Protocol, TypeAlias
 
-from .protocol.wire import pack
+from .protocol.wire import HEADER, MAX_LENGTH, pack
 
 __all__ = [
     "Executor",
@@ -34,14 +35,23 @@ __all__ = [
     "RequestRefused",
     "RequestReset",
     "RequestTimeout",
+    "Writable",
     "arequest",
     "pack",
     "parse_url",
     "request",
+    "request_file",
+    "unix_path",
 ]
 
 Message: TypeAlias = bytes | bytearray | memoryview | str
 """What a request carries: bytes-like, or ``str`` sent as UTF-8."""
+
+
+class Writable(Protocol):
+    """Where ``request_file`` writes a reply as it arrives: a binary file, for one."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 class RequestFailed(ConnectionError):
@@ -68,29 +78,93 @@ def parse_url(url: str) -> tuple[str, int]:
     """``"host:port"`` or ``"[v6 address]:port"`` -> (host, port)."""
     host, sep, port = url.rpartition(":")
     if not sep or not port.isdigit():
-        raise ValueError("expected HOST:PORT, got %r" % (url,))
+        raise ValueError("expected HOST:PORT, unix:PATH or unix:@NAME, got %r" % (url,))
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def unix_path(url: str) -> str | None:
+    """The socket's path for ``"unix:PATH"`` (``"unix:@NAME"``: Linux's abstract namespace,
+    returned with its leading NUL), None for a TCP address."""
+    if not url.startswith("unix:"):
+        return None
+    path = url[len("unix:"):]
+    if not path or path == "@":
+        raise ValueError("unix: needs a path or @NAME, got %r" % (url,))
+    return "\0" + path[1:] if path.startswith("@") else path
+
+
 def request(url: str, message: Message, timeout: float | None = None) -> bytes:
-    """Send ``message`` (bytes or str) to the gaspar2 server at ``url``; return the reply."""
-    frame = pack(message)
-    address = parse_url(url)
+    """Send ``message`` (bytes or str) to the gaspar2 server at ``url`` (``HOST:PORT``,
+    ``unix:PATH`` or ``unix:@NAME``); return the reply."""
+    return b"".join(_reply_pieces(url, [pack(message)], timeout))
+
+
+def request_file(url: str, file: BinaryIO, timeout: float | None = None, *,
+                 reply_to: Writable | None = None) -> bytes:
+    """``request`` with the rest of ``file`` (a regular file open for reading) as the
+    message, sent a piece at a time: memory stays small whatever the file's size. With
+    ``reply_to``, the reply is written there as it arrives (and b"" returned); a failure
+    may then come after part of it was written."""
+    fd = file.fileno()
+    size = os.fstat(fd).st_size - file.tell()
+    if size > MAX_LENGTH:
+        raise ValueError("message of %d bytes does not fit a 4-byte length" % size)
+
+    def pieces() -> Iterator[bytes]:
+        yield HEADER.pack(size)
+        left = size
+        while left:
+            piece = file.read(min(left, 1 << 20))
+            if not piece:
+                raise ValueError("%s shrank while it was being sent" % getattr(file, "name", fd))
+            left -= len(piece)
+            yield piece
+    replies = _reply_pieces(url, pieces(), timeout)
+    if reply_to is None:
+        return b"".join(replies)
+    for reply in replies:
+        reply_to.write(reply)
+    return b""
+
+
+def _reply_pieces(url: str, pieces: Iterable[bytes], timeout: float | None) -> Iterator[bytes]:
+    """Connect, send ``pieces``, then yield the reply as it arrives until EOF, all within
+    ``timeout``; a socket's error becomes a RequestFailed, the caller's own errors stay
+    its own."""
+    path = unix_path(url)
+    address = path if path is not None else parse_url(url)
     deadline = None if timeout is None else time.monotonic() + timeout
     sockets = _sockets()
+
+    def remaining() -> float | None:
+        return None if deadline is None else max(deadline - time.monotonic(), 0.001)
     try:
-        with sockets.create_connection(address, timeout=timeout) as sock:
-            sock.sendall(frame)
-            chunks: list[bytes] = []
+        with _connect(sockets, address, timeout) as sock:
+            for piece in pieces:
+                sock.settimeout(remaining())
+                sock.sendall(piece)
             while True:
-                if deadline is not None:
-                    sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                sock.settimeout(remaining())
                 chunk = sock.recv(262144)
                 if not chunk:
-                    return b"".join(chunks)
-                chunks.append(chunk)
+                    return
+                yield chunk
     except OSError as exc:
         raise _failure(url, exc, timeout) from _cause(exc)
+
+
+def _connect(sockets: ModuleType, address: tuple[str, int] | str,
+             timeout: float | None) -> socket.socket:
+    if isinstance(address, tuple):
+        return sockets.create_connection(address, timeout=timeout)  # type: ignore[no-any-return]
+    sock: socket.socket = sockets.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _sockets() -> ModuleType:
@@ -111,10 +185,14 @@ def _sockets() -> ModuleType:
 
 async def arequest(url: str, message: Message, timeout: float | None = None) -> bytes:
     """``request`` for asyncio."""
-    host, port = parse_url(url)
+    path = unix_path(url)
+    address = None if path is not None else parse_url(url)
 
     async def exchange() -> bytes:
-        reader, writer = await asyncio.open_connection(host, port)
+        if address is None:
+            reader, writer = await asyncio.open_unix_connection(path)
+        else:
+            reader, writer = await asyncio.open_connection(*address)
         try:
             writer.write(pack(message))
             await writer.drain()
@@ -141,7 +219,8 @@ class Executor(concurrent.futures.Executor):
 
     def __init__(self, url: str, max_workers: int | None = None, *,
                  timeout: float | None = None) -> None:
-        parse_url(url)  # a malformed url fails here rather than in every future
+        if unix_path(url) is None:
+            parse_url(url)  # a malformed url fails here rather than in every future
         self.url = url
         self.timeout = timeout
         self._pool = concurrent.futures.ThreadPoolExecutor(
@@ -174,7 +253,8 @@ def _failure(url: str, exc: OSError, timeout: float | None) -> RequestFailed:
         # A broken pipe is the same reset, met by a write rather than a read.
         return RequestReset("%s: connection reset: the request failed on the server "
                             "(see its log)" % url)
-    if isinstance(exc, ConnectionRefusedError):
+    if isinstance(exc, (ConnectionRefusedError, FileNotFoundError)):
+        # A unix socket's file that is not there is refused too: nothing listens.
         return RequestRefused("%s: connection refused: is the server running?" % url)
     return RequestFailed("%s: %s" % (url, str(exc) or type(exc).__name__))
 

@@ -129,3 +129,79 @@ def test_readme_embedding_example_runs_as_written(tmp_path, patched):
     done = subprocess.run([sys.executable, "app.py"], capture_output=True, cwd=tmp_path, timeout=90)
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout == b"[%s]\n" % b", ".join(b"b'IMG%d'" % n for n in range(8))
+
+
+def test_request_command_over_unix_sockets(serve, tmp_path):
+    path = tmp_path / "g.sock"
+    abstract = "unix:@gaspar2-cli-%d" % os.getpid()
+    serve("gaspar2.examples:echo", "--workers", "1", "--bind", "unix:%s" % path,
+          "--bind", abstract)
+    for url in ("unix:%s" % path, abstract):
+        done = gaspar2_cli("request", url, "to " + url)
+        assert (done.returncode, done.stdout) == (0, b"to " + url.encode())
+    done = gaspar2_cli("request", "unix:%s" % (tmp_path / "none.sock"), "x")
+    assert done.returncode == 1 and b"refused" in done.stderr
+
+
+def test_request_timeout_zero_is_no_limit(serve):
+    server = serve("tests.handlers:work", "--workers", "1")
+    done = gaspar2_cli("request", "--timeout", "0", server.url, "pid:0.2")
+    assert done.returncode == 0 and done.stdout.isdigit()
+    done = gaspar2_cli("request", "--timeout", "0.2", server.url, "pid:5")
+    assert done.returncode == 1 and b"no reply within 0.2 s" in done.stderr
+    done = gaspar2_cli("request", "--timeout", "-1", server.url, "x")
+    assert done.returncode == 2 and b"--timeout" in done.stderr
+
+
+def test_request_into_a_closed_pipe_ends_quietly(serve):
+    """``gaspar2 request ... | head -c 1``: no traceback, the shell's status for SIGPIPE."""
+    server = serve("gaspar2.examples:echo", "--workers", "1")
+    reader, writer = os.pipe()
+    os.close(reader)
+    try:
+        done = subprocess.run([sys.executable, "-m", "gaspar2", "request", server.url],
+                              input=b"x" * (4 << 20), stdout=writer, stderr=subprocess.PIPE,
+                              cwd=ROOT, timeout=60)
+    finally:
+        os.close(writer)
+    assert (done.returncode, done.stderr) == (141, b"")
+
+
+MEASURE_PEAK = """\
+import resource, subprocess, sys
+with open(sys.argv[1], "rb") as body, open(sys.argv[2], "wb") as reply:
+    code = subprocess.call([sys.executable, "-m", "gaspar2", "request", *sys.argv[3:]],
+                           stdin=body if sys.argv[3] != "-f" else None, stdout=reply)
+print(code, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+"""
+
+
+@pytest.mark.parametrize("how", ["stdin", "pipe", "file"])
+def test_a_100_mb_request_is_streamed_under_a_memory_bound(serve, tmp_path, how):
+    """Neither the message nor the reply is held whole: peak RSS stays under 80 MB."""
+    server = serve("gaspar2.examples:echo", "--workers", "1", "--max-message-size", "128MiB")
+    body = tmp_path / "body"
+    with open(body, "wb") as out:
+        for _ in range(100):
+            out.write(os.urandom(1 << 20))
+    arguments = {"stdin": [server.url], "file": ["-f", str(body), server.url],
+                 "pipe": [server.url]}[how]
+    source = str(body)
+    if how == "pipe":           # standard input is a pipe, not a file: spooled, then sent
+        source = "/dev/stdin"
+        feeder = subprocess.Popen(["cat", str(body)], stdout=subprocess.PIPE)
+    else:
+        feeder = None
+    done = subprocess.run([sys.executable, "-c", MEASURE_PEAK, source, str(tmp_path / "reply"),
+                           *arguments], stdin=feeder.stdout if feeder else None,
+                          capture_output=True, cwd=ROOT, timeout=100)
+    if feeder:
+        feeder.stdout.close()
+        feeder.wait()
+    code, peak_kb = map(int, done.stdout.split())
+    assert code == 0, done.stderr
+    assert (tmp_path / "reply").stat().st_size == body.stat().st_size
+    with open(body, "rb") as sent, open(tmp_path / "reply", "rb") as got:
+        while chunk := sent.read(1 << 20):
+            assert got.read(1 << 20) == chunk
+    assert peak_kb < 80_000, "peak RSS %d KB" % peak_kb

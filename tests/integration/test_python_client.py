@@ -3,13 +3,15 @@ Executor."""
 
 import asyncio
 import concurrent.futures
+import io
+import os
 import socket
 
 import pytest
 
 from gaspar2 import client
 
-from conftest import module_server
+from conftest import Server, module_server
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,3 +112,60 @@ def test_executor_refuses_work_after_shutdown(server):
 def test_executor_checks_its_url_at_once():
     with pytest.raises(ValueError, match="HOST:PORT"):
         client.Executor("no port here")
+
+
+@pytest.fixture(scope="module")
+def unix_server(tmp_path_factory):
+    """Echoes on TCP, on a unix socket's file and on an abstract unix socket."""
+    directory = tmp_path_factory.mktemp("unix")
+    name = "gaspar2-test-%d" % os.getpid()
+    server = Server("tests.handlers:work",
+                    ["--workers", "1", "--bind", "127.0.0.1:0",
+                     "--bind", "unix:%s" % (directory / "g.sock"), "--bind", "unix:@" + name],
+                    directory / "server.log", port=None).wait_serving()
+    server.unix_urls = ["unix:%s" % (directory / "g.sock"), "unix:@" + name]
+    yield server
+    server.stop()
+
+
+def executor_request(url, message, timeout=None):
+    with client.Executor(url, max_workers=2, timeout=timeout) as executor:
+        return executor.submit(message).result()
+
+
+@pytest.mark.parametrize("call", [client.request, executor_request,
+                                  lambda *a, **k: asyncio.run(client.arequest(*a, **k))],
+                         ids=["request", "Executor", "arequest"])
+def test_unix_sockets_from_every_python_client(unix_server, call):
+    for number, url in enumerate(unix_server.unix_urls):
+        body = b"%s over %s" % (bytes(range(number, number + 200)), url.encode())
+        assert call(url, body, timeout=30) == body
+        with pytest.raises(client.RequestReset):
+            call(url, b"fail", timeout=30)
+
+
+@pytest.mark.parametrize("url", ["unix:/nonexistent/g.sock", "unix:@gaspar2-nobody-listens"])
+def test_unix_socket_nobody_listens_on_is_refused(send, url):
+    with pytest.raises(client.RequestRefused):
+        send(url, b"x", timeout=10)
+
+
+@pytest.mark.parametrize("url", ["unix:", "unix:@", "nowhere"])
+def test_malformed_address_is_a_value_error(url):
+    with pytest.raises(ValueError):
+        client.request(url, b"x")
+    with pytest.raises(ValueError):
+        client.Executor(url)
+
+
+def test_request_file_streams_both_ways(unix_server, tmp_path):
+    body = os.urandom(3 << 20)
+    (tmp_path / "body").write_bytes(b"skipped" + body)
+    with open(tmp_path / "body", "rb") as file:
+        file.seek(len(b"skipped"))
+        assert client.request_file(unix_server.url, file, timeout=30) == body
+        file.seek(len(b"skipped"))
+        received = io.BytesIO()
+        assert client.request_file(unix_server.unix_urls[0], file, timeout=30,
+                                   reply_to=received) == b""
+    assert received.getvalue() == body
