@@ -141,10 +141,11 @@ def report_setup_failure(worker_id: int, directory: str | None) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     text = traceback.format_exc()
     if directory is not None and not first_report(directory, text):
-        log.debug("worker %d: setup() failed the same way: %s", worker_id,
+        log.debug("worker %d: import or setup() failed the same way: %s", worker_id,
                   text.strip().splitlines()[-1])
         return
-    log.error("worker %d: setup() failed, exiting", worker_id, exc_info=True)
+    log.error("worker %d: cannot start: importing the app or its setup() failed, exiting",
+              worker_id, exc_info=True)
 
 
 def first_report(directory: str, text: str) -> bool:
@@ -159,8 +160,8 @@ def first_report(directory: str, text: str) -> bool:
     return True
 
 
-def setup_succeeded(directory: str | None) -> None:
-    """A worker started: the next failure is news again."""
+def forget_setup_failures(directory: str | None) -> None:
+    """A worker started, or a reload asks for new code: the next failure is news again."""
     if directory is not None:
         for path in glob.glob(os.path.join(directory, "setup-failed-*")):
             try:

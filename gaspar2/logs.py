@@ -97,6 +97,11 @@ def formatter_for(shape: str) -> logging.Formatter:
     return JSONFormatter() if shape == "json" else logging.Formatter(TEXT_FORMAT)
 
 
+def counted(number: int, noun: str) -> str:
+    """``1 worker``, ``2 workers``: log lines that read as written."""
+    return "%d %s%s" % (number, noun, "" if number == 1 else "s")
+
+
 def configure(level: str = "info", shape: str = "text", error_logfile: str | None = None,
               access_logfile: str | None = None) -> None:
     """Set up the root logger (the error log) and, when ``access_logfile`` is given, the

@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVING = re.compile(r"serving .* on (\S+):(\d+) with (\d+) workers")
+SERVING = re.compile(r"serving .* on (\S+):(\d+) with (\d+) workers?")
 
 
 def wait_for(condition, timeout=30.0, interval=0.01, message="condition"):

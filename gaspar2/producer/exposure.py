@@ -9,6 +9,7 @@ from typing import Any
 
 from ..frontend import listeners
 from ..frontend.delivery import after_reply
+from ..logs import counted
 from . import metrics, systemd
 from .metrics import Observer
 
@@ -45,5 +46,5 @@ class Exposure:
         self.addresses, self.label, self.address = listeners.announce(opened, self.activated)
 
     def serving_line(self) -> str:
-        return "serving %s on %s with %d workers" % (self.name, self.label,
-                                                     self.path.supervisor.size)
+        return "serving %s on %s with %s" % (self.name, self.label,
+                                             counted(self.path.supervisor.size, "worker"))

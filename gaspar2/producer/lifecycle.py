@@ -21,6 +21,7 @@ import gevent.event
 
 from .. import logs, settings
 from ..consumer import Consumer, as_consumer, describe, target_of
+from ..loading import forget_setup_failures
 from ..protocol.progress import ProgressTable
 from ..workers import forkserver
 from ..workers.process import make_ipc_dir, raise_open_file_limit, set_title
@@ -144,7 +145,7 @@ class Producer:
                                                  self.path.max_reply_size)
             log.info("remote workers may join at %s", remote_sink.endpoint)
         self.exposure.observe(self.health)     # metrics and /healthz answer while workers start
-        self.notifier.status("starting %d workers" % s.workers)
+        self.notifier.status("starting %s" % logs.counted(s.workers, "worker"))
         self.supervisor.start()
         self._startup.get()
         self.exposure.listen()
@@ -255,6 +256,7 @@ class Producer:
         elif self.state is State.SERVING:
             log.info("SIGHUP: replacing every worker with a fresh one")
             self.notifier.reloading()
+            forget_setup_failures(self.ipc_dir)
             self.supervisor.reload()
             self.exposure.reload_watch.start()
 

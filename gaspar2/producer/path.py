@@ -616,7 +616,8 @@ class RequestPath:
         for conn in self.dispatcher.remove(worker.id, claimed):
             self.fail(conn, "worker_died", "%r %s while running this request", worker, cause)
         self.transport.disconnect(worker.id)
-        log.log(logging.INFO if self.closing else logging.WARNING, "%r %s", worker, cause)
+        asked = self.closing or kind == "replaced"     # it was told to leave
+        log.log(logging.INFO if asked else logging.WARNING, "%r %s", worker, cause)
         if kind != "replaced":
             self.owner.worker_gone("%r %s" % (worker, cause))
         self._schedule_dispatch()

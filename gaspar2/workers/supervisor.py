@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from ..loading import EXIT_BOOT
+from ..logs import counted
 from ..protocol.progress import ProgressTable
 from .process import Backoff
 
@@ -70,7 +71,7 @@ def describe_status(status: int, ready: bool) -> str:
         return "killed by %s" % signal.Signals(os.WTERMSIG(status)).name
     code = os.WEXITSTATUS(status)
     if code == EXIT_BOOT and not ready:
-        return "setup() failed (traceback above)"
+        return "could not start: import or setup() failed (traceback above)"
     return "exited with status %d" % code
 
 
@@ -101,6 +102,8 @@ class Supervisor:
         self.next_id = 1
         self.backoffs: dict[str, Backoff] = {}        # per cause of failing to start
         self.next_start = 0.0           # no worker starts before this (clock.now())
+        self.counted_failure_at = float("-inf")     # when a failure to start last counted
+        self.generation_served = True   # a worker of the newest generation became ready
         self.respawn_timer: Any = None
         self.stopping = False
         self.generation = 0
@@ -126,9 +129,9 @@ class Supervisor:
         self._retire(worker, reason)
         self.reconcile()
 
-    def _retire(self, worker: WorkerProcess, reason: str) -> None:
+    def _retire(self, worker: WorkerProcess, reason: str, replaced: bool = True) -> None:
         worker.retiring = True
-        log.info("%r %s: replacing it", worker, reason)
+        log.info("%r %s: %s", worker, reason, "replacing it" if replaced else "it leaves")
         if worker.ready:
             self.events.worker_retiring(worker)     # it leaves once drained
         else:
@@ -146,13 +149,15 @@ class Supervisor:
             log.info("keeping the last worker")
             return
         self.size += delta
-        log.info("now %d workers wanted", self.size)
+        log.info("now %s wanted", counted(self.size, "worker"))
         self.reconcile()
 
     def reload(self) -> None:
         """Start a fresh generation; each old worker leaves as a new one is ready, so
-        capacity never dips, and a generation that cannot start leaves the old serving."""
+        capacity never dips. A generation that cannot start is given up at its first
+        failure (see ``_give_up_reload``)."""
         self.generation += 1
+        self.generation_served = False
         self.reconcile()
 
     def close(self) -> None:
@@ -183,7 +188,7 @@ class Supervisor:
             self._retire(worker, "is replaced by a fresh one (reload)")
         extra = sorted(current, key=lambda w: (w.ready, -w.id))[:max(0, len(current) - self.size)]
         for worker in extra:
-            self._retire(worker, "is one too many")
+            self._retire(worker, "is one too many", replaced=False)
         missing = self.size - len(current)
         if missing <= 0 or (self.respawn_timer is not None and self.respawn_timer.active):
             return
@@ -231,6 +236,8 @@ class Supervisor:
         self.progress.beat(worker.slot, time.monotonic())  # its hello is a sign of life
         self.backoffs.clear()           # the code can start: failures before say nothing now
         self.next_start = 0.0
+        if worker.generation == self.generation:
+            self.generation_served = True
         log.debug("%r ready (generation %d)", worker, worker.generation)
         self.events.worker_ready(worker)
         self.reconcile()
@@ -252,10 +259,39 @@ class Supervisor:
         # Only a worker that could not start says something about the next one; the
         # back-off is kept per cause, so one kind of failure does not slow another.
         outside = os.WIFSIGNALED(status) and os.WTERMSIG(status) in OUTSIDE
-        if not worker.ready and not worker.retiring and not outside and not self.stopping:
-            delay = self.backoffs.setdefault(cause, Backoff()).failed()
-            self.next_start = max(self.next_start, self.clock.now() + delay)
+        failed_to_start = not (worker.ready or worker.retiring or outside or self.stopping)
+        if failed_to_start and not self._give_up_reload(worker, cause):
+            self._count_failure(worker, cause)
         self.reconcile()
+
+    def _count_failure(self, worker: WorkerProcess, cause: str) -> None:
+        """Back off before the next start. Workers started together that fail together are
+        one failed try, not several: the delay doubles once per try, as documented."""
+        if worker.born <= self.counted_failure_at:
+            return                      # its try has been counted already
+        now = self.clock.now()
+        self.counted_failure_at = now
+        delay = self.backoffs.setdefault(cause, Backoff()).failed()
+        self.next_start = max(self.next_start, now + delay)
+
+    def _give_up_reload(self, worker: WorkerProcess, cause: str) -> bool:
+        """A reload's worker could not start, while the code before it serves and none of the
+        new code ever did: keep the old code, say so once, and try nothing more until the
+        next reload. Retrying would put whatever the files hold later into service without
+        anyone asking."""
+        serving = [w for w in self.workers.values() if w.ready and not w.retiring]
+        if worker.generation != self.generation or self.generation_served or not serving:
+            return False
+        self.generation = max(w.generation for w in serving)
+        self.generation_served = True
+        log.error("reload failed: %r %s; the %s of the code before keep serving, "
+                  "and nothing more is tried until the next SIGHUP", worker, cause,
+                  counted(len(serving), "worker"))
+        for other in self.workers.values():
+            if other.generation > self.generation and not other.retiring:
+                other.retiring = True
+                self.kill(other, signal.SIGTERM)
+        return True
 
     def forkserver_gone(self) -> None:
         self.events.forkserver_gone()

@@ -29,7 +29,7 @@ from typing import cast
 import zmq
 
 from ..consumer import Consumer, Reply, reply_bytes
-from ..loading import EXIT_BOOT, report_setup_failure, setup_succeeded
+from ..loading import EXIT_BOOT, forget_setup_failures, report_setup_failure
 from ..protocol import wire
 from ..protocol.arena import Arena, place
 from ..protocol.progress import ProgressTable
@@ -109,7 +109,7 @@ class Worker:
         except BaseException:
             report_setup_failure(self.id, self.report_dir)
             return EXIT_BOOT
-        setup_succeeded(self.report_dir)
+        forget_setup_failures(self.report_dir)
         ctx = zmq.Context()
         try:
             self._connect(ctx)

@@ -22,7 +22,7 @@ def gaspar2_cli(*args, stdin=b"", cwd=ROOT):
 
 def test_request_command(serve):
     server = serve("gaspar2.examples:echo", "--workers", "1")
-    assert ("serving gaspar2.examples:echo on 127.0.0.1:%d with 1 workers" % server.port
+    assert ("serving gaspar2.examples:echo on 127.0.0.1:%d with 1 worker" % server.port
             in server.log())
     done = gaspar2_cli("request", server.url, "hello")
     assert (done.returncode, done.stdout) == (0, b"hello")

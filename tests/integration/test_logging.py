@@ -59,7 +59,7 @@ def test_json_logs_of_a_worker_that_cannot_start(tmp_path):
     assert server.wait_exit() == 3
     entries = json_lines(server.log())
     (failed,) = [e for e in entries if "traceback" in e]
-    assert failed["message"].endswith("setup() failed, exiting")
+    assert failed["message"].endswith("importing the app or its setup() failed, exiting")
     assert failed["traceback"].rstrip().endswith("RuntimeError: cannot open the model file")
     server.stop()
 

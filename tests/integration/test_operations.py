@@ -52,7 +52,7 @@ def test_ttin_adds_a_worker_and_ttou_removes_one_after_its_request(serve, tmp_pa
                                        b"mark:%s:1" % str(marker).encode(), 30))
             wait_for(marker.exists)
         server.signal(signal.SIGTTOU)
-        server.wait_log("is one too many: replacing it")
+        server.wait_log("is one too many: it leaves")
         assert sorted(int(f.result()) for f in futures) == sorted(two)
     (last,) = server.wait_workers(1)
     assert last in two

@@ -256,3 +256,34 @@ def test_a_taken_port_is_named_in_the_error():
                               cwd=ROOT, timeout=60)
     assert done.returncode == 1
     assert "cannot listen on 127.0.0.1:%d: Address already in use" % port in done.stderr.decode()
+
+
+def test_a_reload_that_cannot_start_keeps_the_old_code_until_the_next_hup(serve, tmp_path):
+    """A HUP onto broken code is logged once and given up; fixing the file changes nothing
+    until the next HUP, which puts the fixed code into service."""
+    app = tmp_path / "deployed.py"
+    app.write_text("def handle(message):\n    return b'v1:' + message\n")
+    server = serve("deployed:handle", "--workers", "2", cwd=tmp_path)
+    assert client.request(server.url, b"a", timeout=30) == b"v1:a"
+    old = server.worker_pids()
+    for attempt in (1, 2):                          # the same mistake twice: told twice
+        app.write_text("def handle(message)\n    return b'broken'\n")
+        server.signal(signal.SIGHUP)
+        log = server.wait_log(r"(?s)(reload failed.*){%d}" % attempt)
+        assert log.count("SyntaxError") == attempt, "one traceback per failed reload"
+    app.write_text("def handle(message):\n    return b'v2:' + message\n")
+    # Nothing may start on its own now: over longer than the back-off's first five steps
+    # (0.1 + 0.2 + 0.4 + 0.8 + 1.6 s), every reply still comes from the old code.
+    until = time.monotonic() + 4
+    while time.monotonic() < until:
+        assert client.request(server.url, b"b", timeout=30) == b"v1:b"
+    assert server.worker_pids() == old
+    log = server.log()
+    assert "next try in" not in log
+    assert re.search(r"reload failed: worker \d+ \(pid \d+\) could not start: import or setup\(\) "
+                     r"failed \(traceback "
+                     r"above\); the 2 workers of the code before keep serving", log)
+    server.signal(signal.SIGHUP)
+    wait_for(lambda: client.request(server.url, b"c", timeout=30) == b"v2:c",
+             message="the fixed code, after the HUP")
+    server.wait_workers(2, exclude=old)

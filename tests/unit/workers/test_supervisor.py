@@ -127,7 +127,8 @@ def test_workers_that_cannot_start_back_off_per_cause_and_a_ready_one_resets_it(
     (worker_id,) = supervisor.workers
     supervisor.exited(worker_id, 1, signal.SIGSEGV)      # another cause starts its own count
     assert round(clock.pending()[0], 3) == 0.1, "one kind of failure does not slow another"
-    assert set(supervisor.backoffs) == {"setup() failed (traceback above)", "killed by SIGSEGV"}
+    assert set(supervisor.backoffs) == {
+        "could not start: import or setup() failed (traceback above)", "killed by SIGSEGV"}
     clock.advance(2)
     hello_all(supervisor)
     assert not supervisor.backoffs
@@ -208,6 +209,7 @@ def test_a_burst_of_reloads_and_resizes_converges():
 
 def converge(supervisor, fork):
     for _ in range(50):
+        supervisor.clock.advance(60)                    # any back-off is over
         hello_all(supervisor)
         for worker in list(supervisor.workers.values()):
             if worker.retiring and worker.ready:
@@ -223,8 +225,8 @@ def assert_converged(supervisor):
 
 
 @settings(max_examples=200, deadline=None)
-@given(commands=st.lists(st.sampled_from(["reload", "ttin", "ttou", "hello", "crash", "drain"]),
-                         max_size=40))
+@given(commands=st.lists(st.sampled_from(["reload", "ttin", "ttou", "hello", "crash", "drain",
+                                          "fail"]), max_size=40))
 def test_any_burst_converges_to_the_wanted_workers_of_the_newest_generation(commands):
     supervisor, _events, _clock, fork = make(size=2)
     hello_all(supervisor)
@@ -240,6 +242,10 @@ def test_any_burst_converges_to_the_wanted_workers_of_the_newest_generation(comm
         elif command == "crash" and supervisor.workers:
             victim = list(supervisor.workers)[n % len(supervisor.workers)]
             supervisor.exited(victim, 1, KILLED)
+        elif command == "fail":                     # a worker's setup() raised
+            starting = [w for w in supervisor.workers.values() if not w.ready]
+            if starting:
+                supervisor.exited(starting[n % len(starting)].id, 1, 3 << 8)
         elif command == "drain":
             converge(supervisor, fork)
         if not {"ttou", "crash"} & set(commands[:n + 1]):
@@ -287,3 +293,44 @@ def test_nothing_is_respawned_once_closing():
     supervisor.close()
     supervisor.exited(1, 1001, KILLED)
     assert fork.spawned == [1]
+
+
+def test_workers_started_together_that_fail_together_are_one_failed_try():
+    supervisor, _events, clock, _fork = make(size=3)
+    delays = []
+    for _ in range(4):
+        for worker_id in list(supervisor.workers):
+            clock.time += 0.01                          # they fail one after the other
+            supervisor.exited(worker_id, 1, 3 << 8)
+        delays.append(round(clock.pending()[0], 2))
+        clock.advance(clock.pending()[0])
+    assert delays == [0.08, 0.18, 0.38, 0.78], "0.1 s doubling, less the 0.02 s they took"
+
+
+def test_a_reload_that_cannot_start_is_given_up_and_the_old_workers_stay():
+    supervisor, events, clock, fork = make(size=2)
+    hello_all(supervisor)
+    supervisor.reload()
+    assert fork.spawned == [1, 2, 3, 4]
+    supervisor.exited(3, 1003, 3 << 8)                  # setup() failed in the new code
+    assert fork.killed == [(4, signal.SIGTERM)], "its sibling is stopped too"
+    leave(supervisor, fork)
+    clock.advance(3600)
+    assert fork.spawned == [1, 2, 3, 4] and not clock.pending(), "nothing more is tried"
+    assert sorted(supervisor.workers) == [1, 2] and events.retiring == []
+    assert_converged(supervisor)
+    supervisor.reload()                                 # the next HUP tries again
+    assert fork.spawned == [1, 2, 3, 4, 5, 6]
+    hello_all(supervisor)
+    assert events.retiring == [1, 2]
+
+
+def test_a_reload_that_served_once_backs_off_instead_of_giving_up():
+    supervisor, _events, clock, fork = make(size=2)
+    hello_all(supervisor)
+    supervisor.reload()
+    supervisor.hello(3, 1003)
+    supervisor.exited(4, 1004, 3 << 8)                  # a flaky setup(), not broken code
+    assert [round(d, 3) for d in clock.pending()] == [0.1]
+    clock.advance(0.1)
+    assert fork.spawned[-1] == 5
