@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import shutil
@@ -39,22 +40,30 @@ raised), 4 the app cannot be found (no such module or attribute).
 """
 
 
+DESCRIPTION = "Serve a handler on every core, run workers for a producer on another machine, " \
+              "or send one request."
+TARGET_HELP = "a handler function, a Consumer subclass or a Consumer instance, as module:name"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gaspar2", description=__doc__)
+    parser = argparse.ArgumentParser(prog="gaspar2", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version="gaspar2 " + __version__)
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                     help="what to do; gaspar2 COMMAND --help tells more")
 
     serve = commands.add_parser("serve", help="serve a handler on every core", epilog=SERVE_EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    serve.add_argument("target", metavar="MODULE:ATTR", nargs="?",
-                       help="a handler function, a Consumer subclass or a Consumer instance")
+    serve.add_argument("target", metavar="MODULE:ATTR", nargs="?", help=TARGET_HELP)
+    serve.set_defaults(parser=serve)
     settings.add_arguments(serve)
 
     worker = commands.add_parser("worker", help="run workers for a producer on another machine")
-    worker.add_argument("target", metavar="MODULE:ATTR")
+    worker.add_argument("target", metavar="MODULE:ATTR", help=TARGET_HELP)
+    worker.set_defaults(parser=worker)
     worker.add_argument("--connect", required=True, metavar="tcp://HOST:PORT",
                         help="the producer's --remote-workers endpoint")
-    worker.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    worker.add_argument("--workers", type=int, default=os.cpu_count() or 1, metavar="N",
+                        help="worker processes (default: one per CPU)")
     worker.add_argument("--listen", default="0.0.0.0", metavar="HOST",
                         help="the address the workers listen on for requests")
     worker.add_argument("--advertise", default=None, metavar="HOST",
@@ -67,14 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
                                     "max_message_size"))
 
     keys = commands.add_parser("keys", help="generate a CURVE key pair")
-    keys.add_argument("directory")
+    keys.set_defaults(parser=keys)
+    keys.add_argument("directory", help="where the two files are written")
     keys.add_argument("name", help="writes NAME.key (public) and NAME.key_secret")
 
     check = commands.add_parser(
         "check", help="find a handler as serve would, run its setup(), optionally one request",
         epilog="exit status: as serve's (2 usage, 3 setup() raised, 4 the app cannot be "
                "found or cannot take a request), and 1 when --request fails.")
-    check.add_argument("target", metavar="MODULE:ATTR")
+    check.set_defaults(parser=check)
+    check.add_argument("target", metavar="MODULE:ATTR", help=TARGET_HELP)
     check.add_argument("--request", metavar="DATA", default=None,
                        help="run one request with DATA as its body; print the reply")
 
@@ -83,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 the reply was printed, 1 the request failed (reset, refused, "
                "timed out), 2 usage; a standard output closed early ends it quietly with 141, "
                "as the shell reports a program stopped by SIGPIPE.")
+    req.set_defaults(parser=req)
     req.add_argument("url", metavar="ADDRESS", help="HOST:PORT, [V6]:PORT, unix:PATH or unix:@NAME")
     req.add_argument("message", nargs="?", default="-",
                      help="the request's body; '-' (the default): standard input")
@@ -272,7 +284,25 @@ def keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    """argparse's parsing, except that a misspelt option is told by its own command, with
+    the nearest one it has, as the config file does for a misspelt name."""
+    parser = build_parser()
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        command: argparse.ArgumentParser = getattr(args, "parser", parser)
+        known = [o for action in command._actions for o in action.option_strings]
+        guesses = [difflib.get_close_matches(word.partition("=")[0], known, 1)
+                   for word in extras if word.startswith("-")]
+        hint = "; ".join("%s: did you mean %s?" % (word, close[0])
+                         for word, close in zip([w for w in extras if w.startswith("-")],
+                                                guesses, strict=True) if close)
+        command.error("unrecognized arguments: %s%s" % (" ".join(extras),
+                                                        " (%s)" % hint if hint else ""))
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     commands = {"serve": serve, "check": check, "request": request, "worker": worker, "keys": keys}
     return commands[args.command](args)

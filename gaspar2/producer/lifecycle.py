@@ -138,7 +138,7 @@ class Producer:
         log.info("buffer limit %s for requests and replies", self.path.budget.describe())
         if s.remote_workers:
             remote_sink = self.transport.open_remote(s.remote_workers, s.curve_secret_key,
-                                                     s.curve_authorized, s.insecure_remote,
+                                                     s.curve_authorized, s.insecure_remote_workers,
                                                      s.max_remote_workers, self.path.fds)
             self.path.remote = RemoteMembers(self.path, self.transport.ctx, remote_sink,
                                                  s.heartbeat, s.max_remote_workers,

@@ -205,3 +205,10 @@ def test_a_100_mb_request_is_streamed_under_a_memory_bound(serve, tmp_path, how)
         while chunk := sent.read(1 << 20):
             assert got.read(1 << 20) == chunk
     assert peak_kb < 80_000, "peak RSS %d KB" % peak_kb
+
+
+def test_a_misspelt_flag_is_answered_with_the_nearest(tmp_path):
+    done = gaspar2_cli("serve", "tests.handlers:work", "--wokers", "2", cwd=tmp_path)
+    assert done.returncode == 2 and done.stdout == b""
+    assert b"did you mean --workers?" in done.stderr
+    assert done.stderr.startswith(b"usage: gaspar2 serve")

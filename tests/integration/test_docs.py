@@ -144,3 +144,24 @@ def test_the_container_recipe_serves_and_answers_its_health_check(tmp_path):
             json.loads(line)
     finally:
         server.stop()
+
+
+def test_the_config_file_example_serves_with_the_changes_its_header_names(tmp_path):
+    """Its first lines name what to change outside gaspar2.service: the socket's directory
+    and the ports. With exactly those changed, it serves on both addresses."""
+    text = read("gaspar2.conf.py")
+    header = text[:text.index("\n\n", text.index("RuntimeDirectory"))]
+    assert "/run/gaspar2" in header and "10123" in header and "9123" in header
+    port, metrics = free_port(), free_port()
+    changed = (text.replace("/run/gaspar2", str(tmp_path))
+               .replace("10123", str(port)).replace("9123", str(metrics)))
+    (tmp_path / "gaspar2.conf.py").write_text(changed)
+    server = Server("tests.handlers:work", ["-c", str(tmp_path / "gaspar2.conf.py"), "-w", "1"],
+                    tmp_path / "log", env=environment(), port=None)
+    try:
+        server.wait_serving()
+        assert client.request("127.0.0.1:%d" % port, b"by tcp", timeout=30) == b"by tcp"
+        url = "unix:%s" % (tmp_path / "gaspar2.sock")
+        assert client.request(url, b"by unix", timeout=30) == b"by unix"
+    finally:
+        server.stop()
