@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import logging
 import os
 import shutil
@@ -11,6 +12,7 @@ import signal
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from . import __version__, client, config, logs, settings
@@ -155,12 +157,29 @@ def serve(args: argparse.Namespace) -> int:
         return code
     options = settings.producer_options(merged)
     options["access_log"] = bool(values.access_log or values.access_logfile)
-    return run(args.target, options)
+    return run(args.target, options, functools.partial(workers_wanted, args))
 
 
-def run(target: str, options: dict[str, Any]) -> int:
+def workers_wanted(args: argparse.Namespace) -> int | None:
+    """On SIGHUP: ``workers`` as every source gives it now (the config file read again), or
+    None to keep the count when none gives it or the settings cannot be read."""
     try:
-        Producer(target, **options).start()
+        wanted = gather(args)[1].workers
+        if wanted is not None and wanted < 1:
+            raise ValueError("workers must be 1 or more, got %d" % wanted)
+    except (config.ConfigError, ValueError, TypeError) as exc:
+        log.error("SIGHUP: cannot read the settings again, keeping the number of workers: %s",
+                  exc)
+        return None
+    return wanted  # type: ignore[no-any-return]
+
+
+def run(target: str, options: dict[str, Any],
+        workers_on_reload: Callable[[], int | None] | None = None) -> int:
+    try:
+        producer = Producer(target, **options)
+        producer.workers_on_reload = workers_on_reload
+        producer.start()
     except WorkerBootError as exc:
         log.error("cannot serve %s: %s", target, exc)
         return EXIT_BOOT

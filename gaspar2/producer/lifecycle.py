@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -85,6 +86,10 @@ class Producer:
         self.fork: forkserver.ForkServerClient | None = None
         self.transport: Transport | None = None
         self.sweeper: Any = None
+        self.workers_on_reload: Callable[[], int | None] | None = None
+        """Called on SIGHUP before the fresh workers start: how many are wanted from then
+        on, or None to keep the count. ``gaspar2 serve`` reads its config file again here,
+        so an operator can set the count without counting signals."""
 
     @property
     def address(self) -> tuple[str, int]:
@@ -257,7 +262,8 @@ class Producer:
             log.info("SIGHUP: replacing every worker with a fresh one")
             self.notifier.reloading()
             forget_setup_failures(self.ipc_dir)
-            self.supervisor.reload()
+            wanted = self.workers_on_reload() if self.workers_on_reload is not None else None
+            self.supervisor.reload(wanted)
             self.exposure.reload_watch.start()
 
     def handle_ttin(self) -> None:

@@ -84,13 +84,16 @@ class ForkServer:
 
     def _spawn(self, worker_id: int, slot: int) -> None:
         parent = os.getpid()
+        # A TERM for the worker may come at once (a reload cancelling it): held pending
+        # until the child has left the fork server's SIG_IGN, else it would be lost.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         pid = FORK()
         if pid == 0:
             status = 1
             try:
-                # Until the worker's own handler is in, a TERM (a reload cancelling a worker
-                # still starting) must end it, not be ignored as the fork server ignores it.
+                # Until the worker's own handler is in, a TERM must end it.
                 original("signal", "signal")(signal.SIGTERM, signal.SIG_DFL)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
                 signal.set_wakeup_fd(-1)
                 self.channel.close()
                 os.close(self.pipe[0])
@@ -102,6 +105,7 @@ class ForkServer:
             finally:
                 logging.shutdown()
                 os._exit(status)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         self.workers[pid] = worker_id
         self._send(wire.SPAWNED, worker_id, pid)
 

@@ -152,10 +152,13 @@ class Supervisor:
         log.info("now %s wanted", counted(self.size, "worker"))
         self.reconcile()
 
-    def reload(self) -> None:
-        """Start a fresh generation; each old worker leaves as a new one is ready, so
-        capacity never dips. A generation that cannot start is given up at its first
-        failure (see ``_give_up_reload``)."""
+    def reload(self, size: int | None = None) -> None:
+        """Start a fresh generation (of ``size`` workers, when given); each old worker leaves
+        as a new one is ready, so capacity never dips. A generation that cannot start is
+        given up at its first failure (see ``_give_up_reload``)."""
+        if size is not None and size != self.size:
+            self.size = size
+            log.info("now %s wanted", counted(self.size, "worker"))
         self.generation += 1
         self.generation_served = False
         self.reconcile()
@@ -232,6 +235,9 @@ class Supervisor:
         if worker is None or worker.ready:
             return
         worker.pid = pid
+        if worker.retiring:             # cancelled while starting: it must not serve
+            self.kill(worker, signal.SIGTERM)
+            return
         worker.ready = True
         self.progress.beat(worker.slot, time.monotonic())  # its hello is a sign of life
         self.backoffs.clear()           # the code can start: failures before say nothing now

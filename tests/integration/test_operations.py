@@ -193,3 +193,28 @@ def test_metrics_and_access_log(serve):
     log = server.log()
     assert len(re.findall(r"127\.0\.0\.1:\d+ ok in=5 out=5 [\d.]+ms worker=\d+", log)) == 5
     assert re.search(r"127\.0\.0\.1:\d+ handler_error in=4 out=0 [\d.]+ms worker=\d+", log)
+
+
+def test_hup_sets_the_number_of_workers_the_config_file_gives(tmp_path):
+    """Counting TTIN and TTOU is not the only way: HUP reads ``workers`` again."""
+    conf = tmp_path / "gaspar2.conf.py"
+    conf.write_text("workers = 1\n")
+    server = Server("tests.handlers:work", ["-c", str(conf)], tmp_path / "log")
+    try:
+        server.wait_serving()
+        (first,) = server.wait_workers(1)
+        conf.write_text("workers = 3\n")
+        server.signal(signal.SIGHUP)
+        three = server.wait_workers(3, exclude=[first])
+        assert "now 3 workers wanted" in server.log()
+        conf.write_text("workers = 'many'\n")          # a mistake keeps the count, says why
+        server.signal(signal.SIGHUP)
+        server.wait_log("SIGHUP: cannot read the settings again, keeping the number of workers")
+        assert len(server.wait_workers(3, exclude=three)) == 3
+        conf.write_text("workers = 2\n")
+        server.signal(signal.SIGHUP)
+        wait_for(lambda: "now 2 workers wanted" in server.log(), message="2 wanted")
+        server.wait_workers(2)
+        assert client.request(server.url, b"still serving", timeout=30) == b"still serving"
+    finally:
+        server.stop()

@@ -334,3 +334,24 @@ def test_a_reload_that_served_once_backs_off_instead_of_giving_up():
     assert [round(d, 3) for d in clock.pending()] == [0.1]
     clock.advance(0.1)
     assert fork.spawned[-1] == 5
+
+
+def test_a_worker_cancelled_while_starting_that_says_hello_anyway_never_serves():
+    supervisor, events, _clock, fork = make(size=1)
+    hello_all(supervisor)
+    supervisor.reload()
+    supervisor.reload()                                 # worker 2 is cancelled
+    assert (2, signal.SIGTERM) in fork.killed
+    fork.killed.clear()
+    supervisor.hello(2, 1002)                           # it missed the TERM, somehow
+    assert fork.killed == [(2, signal.SIGTERM)] and 2 not in events.ready
+
+
+def test_a_reload_may_set_the_number_of_workers():
+    supervisor, _events, _clock, fork = make(size=1)
+    hello_all(supervisor)
+    supervisor.reload(3)
+    assert fork.spawned == [1, 2, 3, 4], "three of the new generation, none of the old"
+    converge(supervisor, fork)
+    assert_converged(supervisor)
+    assert len(supervisor.workers) == 3
