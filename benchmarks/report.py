@@ -187,20 +187,50 @@ def faults_text(value):
     return "%.2f" % value if value < 100 else "%.0f" % value
 
 
+MAIN_HEADER = "%-16s %-15s %8s %8s %7s %7s %7s %7s %6s %7s %7s" % (
+    "workload", "server", "req/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
+    "flt/req", "us/req")
+MAIN_LEGEND = [
+    "req/s: verified replies per second (plain-processes: calls/s of its W processes, no "
+    "networking)",
+    "MB/s: request + reply bytes per second (10^6); p50 p90 p99 max ms: one request's latency",
+    "errors: requests reset, refused, timed out (10 s) or answered wrongly, summed over the rounds",
+    "flt/req: page faults of the server's worker processes per request (-: a server without any)",
+    "us/req: CPU time (user + system) of the server's own process per request, in microseconds",
+    "  (gaspar2: its producer; plain-processes: not measured, -)",
+]
+KERNEL_HEADER = "%-16s %-15s %6s %6s %6s %6s %6s" % (
+    "workload", "server", "ovfl", "drops", "tmo", "rexmit", "lg cpu")
+KERNEL_LEGEND = [
+    "ovfl, drops: ListenOverflows, ListenDrops (a full listen queue); tmo, rexmit: TCPTimeouts, "
+    "RetransSegs",
+    "  (segments lost and sent again); kernel counters of the whole machine, summed over the "
+    "rounds",
+    "lg cpu: the load generator's own CPU use during the point (100% = one core)",
+]
+
+
 def point_line(p):
+    """One point's medians: throughput, latency, errors and per-request costs."""
     head = "%-16s %-15s" % (p["workload"], p["server"])
     if "error" in p:
         return head + " FAILED: " + p["error"][:100]
-    faults = "%8s" % faults_text(p.get("faults_per_req"))
+    faults = " %7s" % faults_text(p.get("faults_per_req"))
+    cpu = p.get("cpu_us_per_req")
+    cpu_text = " %7.1f" % cpu if cpu is not None else " %7s" % "-"
     if "p50_ms" not in p:
-        return head + " %10.0f%-85s%s" % (
-            p["rps"], "  (calls/s of W plain processes, no networking)", faults)
+        return head + " %8.0f  %-46s" % (p["rps"], "(calls/s, no networking)") + faults + cpu_text
+    return head + " %8.0f %8.1f %7.3f %7.3f %7.3f %7.1f %6d" % (
+        p["rps"], p["mb_per_s"], p["p50_ms"], p["p90_ms"], p["p99_ms"], p["max_ms"],
+        p["errors"]) + faults + cpu_text
+
+
+def kernel_line(p):
+    """One networked point's kernel counters and the load generator's CPU use."""
     k = p["kernel"]
-    return head + " %10.0f %9.1f %8.3f %8.3f %8.3f %8.1f %6d %5d %5d %5d %6d %5.0f%%" % (
-        p["rps"], p["mb_per_s"], p["p50_ms"], p["p90_ms"], p["p99_ms"], p["max_ms"], p["errors"],
-        k["ListenOverflows"], k["ListenDrops"], k["TCPTimeouts"], k["RetransSegs"],
-        100 * p["loadgen_cpu"]) + faults + (
-        "%8.1f" % p["cpu_us_per_req"] if p.get("cpu_us_per_req") is not None else "%8s" % "-")
+    return "%-16s %-15s %6d %6d %6d %6d %5.0f%%" % (
+        p["workload"], p["server"], k["ListenOverflows"], k["ListenDrops"], k["TCPTimeouts"],
+        k["RetransSegs"], 100 * p["loadgen_cpu"])
 
 
 def format_report(results):
@@ -212,13 +242,17 @@ def format_report(results):
     lines += ["%d CPUs, W=%d, %d round(s) of %.0f s points after %.1f s warm-up; medians; "
               "commit %s" % (m["cpus"], s["workers"], s["rounds"], s["duration"], s["warmup"],
                              m["commit"]), ""]
-    lines.append("%-16s %-15s %10s %9s %8s %8s %8s %8s %6s %5s %5s %5s %6s %6s %7s %7s" % (
-        "workload", "server", "req/s", "MB/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors",
-        "ovfl", "drops", "tmo", "rexmit", "lg cpu", "flt/req", "us/req"))
     order = {w["name"]: i for i, w in enumerate(results["workloads"])}
     points = sorted(results["points"],
                     key=lambda p: (order[p["workload"]], server_rank(p["server"])))
+    lines += ["medians over the rounds, one line per point:", MAIN_HEADER]
     lines += [point_line(p) for p in points]
+    lines += ["", *MAIN_LEGEND]
+    networked = [p for p in points if "kernel" in p]
+    if networked:
+        lines += ["", "kernel counters and the load generator, per point:", KERNEL_HEADER]
+        lines += [kernel_line(p) for p in networked]
+        lines += ["", *KERNEL_LEGEND]
     slow = [p for p in points if "slow_p99_ms" in p]
     if slow:
         lines.append("")
@@ -231,6 +265,8 @@ def format_report(results):
                   "latencies above 1: slower):", *ab]
     lines += ["", "calibrated (sha256_chain rounds, backtrack letters): " + ", ".join(
         "%s %d" % (name, c["rounds"]) for name, c in results["calibration"].items()), ""]
+    width = max([62, *(len(r["name"]) for r in results["ratios"])])
+    lines.append("ratios of medians (numerator / denominator), each with its goal and verdict:")
     for r in results["ratios"]:
         value = "n/a" if r["value"] is None else "%.3f" % r["value"]
         verdict = {None: "", True: "met", False: "MISSED"}[r["met"]]
@@ -239,5 +275,5 @@ def format_report(results):
         sign = (">" if r["better"] == "higher" else "<") + ("" if r.get("strict") else "=")
         goal = ("(%s is better)" % r["better"] if r["goal"] is None
                 else "(goal %s %s)" % (sign, r["goal"]))
-        lines.append("%-62s %8s  %s  %s" % (r["name"], value, goal, verdict))
+        lines.append(("%-*s %8s  %s  %s" % (width, r["name"], value, goal, verdict)).rstrip())
     return "\n".join(lines)

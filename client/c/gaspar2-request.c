@@ -1,6 +1,7 @@
 /*
- * gaspar2-request [--timeout SECONDS] HOST:PORT [MESSAGE]
+ * gaspar2-request [--timeout SECONDS] ADDRESS [MESSAGE]
  *
+ * ADDRESS is HOST:PORT, [V6]:PORT, unix:PATH or unix:@NAME (Linux's abstract namespace).
  * Sends MESSAGE (standard input when it is absent or "-") and writes the reply to standard
  * output. On failure writes one line to standard error and exits 1.
  */
@@ -19,7 +20,7 @@ static const char *prog = "gaspar2-request";
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: %s [--timeout SECONDS] HOST:PORT [MESSAGE]\n", prog);
+    fprintf(stderr, "usage: %s [--timeout SECONDS] HOST:PORT|unix:PATH|unix:@NAME [MESSAGE]\n", prog);
     exit(2);
 }
 
@@ -63,20 +64,28 @@ int main(int argc, char **argv)
         usage();
     const char *url = argv[i];
 
-    /* HOST:PORT, or [IPv6]:PORT; split at the last colon. */
-    char *copy = strdup(url);
-    char *colon = copy ? strrchr(copy, ':') : NULL;
-    if (!colon || !colon[1])
+    /* unix:PATH and unix:@NAME go to the library as they are; HOST:PORT, or [IPv6]:PORT,
+     * is split at the last colon. */
+    int unix_socket = strncmp(url, "unix:", 5) == 0;
+    if (unix_socket && (!url[5] || strcmp(url + 5, "@") == 0))
         usage();
-    *colon = '\0';
-    const char *host = copy, *port = colon + 1;
-    size_t hlen = strlen(copy);
-    if (hlen >= 2 && copy[0] == '[' && copy[hlen - 1] == ']') {
-        copy[hlen - 1] = '\0';
-        host = copy + 1;
+    char *copy = unix_socket ? NULL : strdup(url);
+    const char *host = url, *port = NULL;
+    if (!unix_socket) {
+        char *colon = copy ? strrchr(copy, ':') : NULL;
+        if (!colon || !colon[1])
+            usage();
+        *colon = '\0';
+        host = copy;
+        port = colon + 1;
+        size_t hlen = strlen(copy);
+        if (hlen >= 2 && copy[0] == '[' && copy[hlen - 1] == ']') {
+            copy[hlen - 1] = '\0';
+            host = copy + 1;
+        }
+        if (!*host)
+            host = "127.0.0.1";
     }
-    if (!*host)
-        host = "127.0.0.1";
 
     unsigned char *msg;
     size_t len;

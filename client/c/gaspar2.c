@@ -14,8 +14,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stddef.h>
 #include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -37,6 +39,7 @@ static int from_errno(int err)
     case EPIPE: /* the reset was already reported to an earlier call */
         return GASPAR2_ERESET;
     case ECONNREFUSED:
+    case ENOENT: /* a unix socket's file that is not there: nothing listens */
         return GASPAR2_EREFUSED;
     case ETIMEDOUT:
         return GASPAR2_ETIMEOUT;
@@ -65,9 +68,42 @@ static int wait_ready(int fd, short events, long long deadline)
     }
 }
 
-static int connect_to(const struct addrinfo *ai, long long deadline, int *fdp)
+/* connect() on a non-blocking socket; 0, or a GASPAR2_E* with errno set. */
+static int start_connect(int fd, const struct sockaddr *addr, socklen_t addrlen,
+                         long long deadline)
 {
-    int fd = socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol);
+    for (;;) {
+        if (connect(fd, addr, addrlen) == 0)
+            return 0;
+        if (errno == EINPROGRESS)
+            break;
+        if (errno != EAGAIN)
+            return from_errno(errno);
+        /* A unix socket whose listener's backlog is full says EAGAIN rather than
+         * EINPROGRESS: try again until the deadline, as a blocking connect() would wait. */
+        long long left = deadline ? deadline - now_ms() : 10;
+        if (left <= 0)
+            return GASPAR2_ETIMEOUT;
+        poll(NULL, 0, left < 10 ? (int)left : 10);
+    }
+    int rc = wait_ready(fd, POLLOUT, deadline);
+    if (rc)
+        return rc;
+    int err = 0;
+    socklen_t size = sizeof err;
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &size) < 0)
+        err = errno;
+    if (err) {
+        errno = err;
+        return from_errno(err);
+    }
+    return 0;
+}
+
+static int connect_to(int family, const struct sockaddr *addr, socklen_t addrlen,
+                      long long deadline, int *fdp)
+{
+    int fd = socket(family, SOCK_STREAM, 0);
     if (fd < 0)
         return GASPAR2_ESYSTEM;
     /* Non-blocking, so that every wait goes through poll() and respects the deadline. */
@@ -77,21 +113,7 @@ static int connect_to(const struct addrinfo *ai, long long deadline, int *fdp)
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one);
 #endif
-    int rc = 0;
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-        if (errno != EINPROGRESS) {
-            rc = from_errno(errno);
-        } else if ((rc = wait_ready(fd, POLLOUT, deadline)) == 0) {
-            int err = 0;
-            socklen_t size = sizeof err;
-            if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &size) < 0)
-                err = errno;
-            if (err) {
-                errno = err;
-                rc = from_errno(err);
-            }
-        }
-    }
+    int rc = start_connect(fd, addr, addrlen, deadline);
     if (rc) {
         int saved = errno;
         close(fd);
@@ -100,6 +122,58 @@ static int connect_to(const struct addrinfo *ai, long long deadline, int *fdp)
     }
     *fdp = fd;
     return 0;
+}
+
+/* "unix:PATH" or "unix:@NAME" (Linux's abstract namespace) into a sockaddr_un. */
+static int unix_address(const char *address, struct sockaddr_un *sun, socklen_t *len)
+{
+    const char *path = address + 5;
+    int abstract = path[0] == '@';
+    size_t n = strlen(path + abstract);
+    if (n == 0)
+        return GASPAR2_ERESOLVE;
+    if (n + 1 > sizeof sun->sun_path) {
+        errno = ENAMETOOLONG;
+        return GASPAR2_ESYSTEM;
+    }
+    memset(sun, 0, sizeof *sun);
+    sun->sun_family = AF_UNIX;
+    if (abstract) {
+        /* A NUL, then the name; the length says where the name ends. */
+        memcpy(sun->sun_path + 1, path + 1, n);
+        *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + n);
+    } else {
+        memcpy(sun->sun_path, path, n + 1);
+        *len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n + 1);
+    }
+    return 0;
+}
+
+/* Connect to host:port (every address it resolves to, in turn) or to a unix socket. */
+static int open_connection(const char *host, const char *port, long long deadline, int *fdp)
+{
+    if (strncmp(host, "unix:", 5) == 0) {
+        struct sockaddr_un sun;
+        socklen_t len;
+        int rc = unix_address(host, &sun, &len);
+        return rc ? rc : connect_to(AF_UNIX, (struct sockaddr *)&sun, len, deadline, fdp);
+    }
+    struct addrinfo hints, *found, *ai;
+    memset(&hints, 0, sizeof hints);
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    if (!port || getaddrinfo(host, port, &hints, &found) != 0)
+        return GASPAR2_ERESOLVE;
+    int rc = GASPAR2_ERESOLVE;
+    for (ai = found; ai; ai = ai->ai_next) {
+        rc = connect_to(ai->ai_family, ai->ai_addr, ai->ai_addrlen, deadline, fdp);
+        if (rc == 0 || rc == GASPAR2_ETIMEOUT)
+            break;
+    }
+    int saved = errno;
+    freeaddrinfo(found);
+    errno = saved;
+    return rc;
 }
 
 static int send_all(int fd, const unsigned char *p, size_t len, long long deadline)
@@ -180,22 +254,7 @@ int gaspar2_request(const char *host, const char *port, const void *msg, size_t 
     if (len)
         memcpy(frame + 4, msg, len);
 
-    struct addrinfo hints, *found, *ai;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    if (getaddrinfo(host, port, &hints, &found) != 0) {
-        free(frame);
-        return GASPAR2_ERESOLVE;
-    }
-    int fd = -1, rc = GASPAR2_ERESOLVE;
-    for (ai = found; ai; ai = ai->ai_next) {
-        rc = connect_to(ai, deadline, &fd);
-        if (rc == 0 || rc == GASPAR2_ETIMEOUT)
-            break;
-    }
-    freeaddrinfo(found);
-
+    int fd = -1, rc = open_connection(host, port, deadline, &fd);
     if (rc == 0) {
         rc = send_all(fd, frame, 4 + len, deadline);
         if (rc == 0) {

@@ -2,7 +2,8 @@
  * gaspar2 client for C: one request per connection.
  *
  * The request is a 4-byte big-endian length and the payload; the reply is everything the
- * server writes before closing. A failed request is a TCP reset, never an empty reply.
+ * server writes before closing. A failed request is a connection reset, never an empty
+ * reply. Servers are reached over TCP or over unix sockets (see gaspar2_request()).
  */
 #ifndef GASPAR2_H
 #define GASPAR2_H
@@ -22,15 +23,19 @@ extern "C" {
 enum {
     GASPAR2_OK = 0,
     GASPAR2_ERESET = -1,    /* the server reset the connection: the request failed there */
-    GASPAR2_EREFUSED = -2,  /* nothing listens at host:port */
+    GASPAR2_EREFUSED = -2,  /* nothing listens at host:port (or no unix socket's file there) */
     GASPAR2_ETIMEOUT = -3,  /* no complete reply within timeout_ms */
-    GASPAR2_ERESOLVE = -4,  /* host or port cannot be resolved */
+    GASPAR2_ERESOLVE = -4,  /* host or port cannot be resolved (or "unix:" names nothing) */
     GASPAR2_ESYSTEM = -5,   /* any other socket or memory error: errno says which */
     GASPAR2_ETOOBIG = -6    /* message longer than the 4-byte length can say */
 };
 
 /*
  * Send msg (len bytes, any content) to the server at host:port and wait for the reply.
+ * host may instead be "unix:PATH", a unix socket's file, or "unix:@NAME", a socket in
+ * Linux's abstract namespace; port is then ignored (pass NULL). A unix socket's file that
+ * does not exist is GASPAR2_EREFUSED, like a socket nobody listens on; a path too long for
+ * a sockaddr_un (107 bytes on Linux) is GASPAR2_ESYSTEM with errno ENAMETOOLONG.
  * On success returns 0 and sets *reply to a malloc'ed buffer of *reply_len bytes (plus a
  * terminating NUL that is not counted), which the caller frees; an empty reply is a
  * success too. On failure returns a negative GASPAR2_E* and sets *reply to NULL.

@@ -3,7 +3,9 @@
  *
  * GASPAR2_TEST_URL is HOST:PORT of a server whose handler echoes every message, fails on
  * "fail" and sleeps SECONDS on "pid:SECONDS" (python -m gaspar2 serve tests.handlers:work,
- * from the repository's root); GASPAR2_TEST_URL6, if set, is the same on an IPv6 address.
+ * from the repository's root); GASPAR2_TEST_URL6, if set, is the same on an IPv6 address,
+ * GASPAR2_TEST_UNIX on a unix socket (unix:PATH) and GASPAR2_TEST_ABSTRACT on an abstract
+ * one (unix:@NAME).
  */
 
 #define _POSIX_C_SOURCE 200809L
@@ -17,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 static int passed, failed;
@@ -47,8 +50,11 @@ static int call(const char *url, const void *msg, size_t len, int timeout_ms,
     char host[64], port[16];
     unsigned char *reply;
     size_t reply_len;
-    split(url, host, port);
-    int rc = gaspar2_request(host, port, msg, len, &reply, &reply_len, timeout_ms);
+    int unix_socket = strncmp(url, "unix:", 5) == 0;
+    if (!unix_socket)
+        split(url, host, port);
+    int rc = gaspar2_request(unix_socket ? url : host, unix_socket ? NULL : port, msg, len,
+                             &reply, &reply_len, timeout_ms);
     if (rc == GASPAR2_OK) {
         int same = reply_len == expect_len && memcmp(reply, expect, expect_len) == 0 &&
                    reply[reply_len] == '\0';
@@ -126,6 +132,53 @@ int main(void)
 
     if (url6 && *url6)
         check(echoes(url6, "over IPv6", 9), "a bracketed IPv6 address works");
+
+    const char *unix_urls[] = {getenv("GASPAR2_TEST_UNIX"), getenv("GASPAR2_TEST_ABSTRACT")};
+    for (int u = 0; u < 2; u++) {
+        const char *at = unix_urls[u];
+        if (!at || !*at)
+            continue;
+        char name[128];
+        snprintf(name, sizeof name, "%s: a message is echoed", u ? "unix:@NAME" : "unix:PATH");
+        check(echoes(at, at, strlen(at)), name);
+        snprintf(name, sizeof name, "%s: an empty message gets an empty reply",
+                 u ? "unix:@NAME" : "unix:PATH");
+        check(echoes(at, "", 0), name);
+        snprintf(name, sizeof name, "%s: a failure on the server is GASPAR2_ERESET",
+                 u ? "unix:@NAME" : "unix:PATH");
+        check(call(at, "fail", 4, 30000, NULL, 0) == GASPAR2_ERESET, name);
+        snprintf(name, sizeof name, "%s: no reply within timeout_ms is GASPAR2_ETIMEOUT",
+                 u ? "unix:@NAME" : "unix:PATH");
+        check(call(at, "pid:0.5", 7, 100, NULL, 0) == GASPAR2_ETIMEOUT, name);
+    }
+
+    check(call("unix:/nonexistent/gaspar2.sock", "anyone?", 7, 30000, NULL, 0) ==
+              GASPAR2_EREFUSED,
+          "a unix socket's file that is not there is GASPAR2_EREFUSED");
+    /* A socket file nobody listens on (bound, never listening) refuses connections. */
+    char stale[] = "/tmp/gaspar2-test-XXXXXX";
+    if (mkdtemp(stale)) {
+        struct sockaddr_un sun = {.sun_family = AF_UNIX};
+        snprintf(sun.sun_path, sizeof sun.sun_path, "%s/stale.sock", stale);
+        int bound = socket(AF_UNIX, SOCK_STREAM, 0);
+        char stale_url[sizeof sun.sun_path + 8];
+        snprintf(stale_url, sizeof stale_url, "unix:%s", sun.sun_path);
+        check(bind(bound, (struct sockaddr *)&sun, sizeof sun) == 0 &&
+                  call(stale_url, "anyone?", 7, 30000, NULL, 0) == GASPAR2_EREFUSED,
+              "a unix socket nobody listens on is GASPAR2_EREFUSED");
+        close(bound);
+        unlink(sun.sun_path);
+        rmdir(stale);
+    }
+    char abstract[64];
+    snprintf(abstract, sizeof abstract, "unix:@gaspar2-test-nobody-%ld", (long)getpid());
+    check(call(abstract, "anyone?", 7, 30000, NULL, 0) == GASPAR2_EREFUSED,
+          "an abstract name nobody listens on is GASPAR2_EREFUSED");
+    char long_path[200] = "unix:/";
+    memset(long_path + 6, 'x', sizeof long_path - 7);
+    long_path[sizeof long_path - 1] = '\0';
+    check(call(long_path, "x", 1, 30000, NULL, 0) == GASPAR2_ESYSTEM,
+          "a unix socket path too long for sockaddr_un is GASPAR2_ESYSTEM");
 
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;

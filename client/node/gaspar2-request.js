@@ -1,13 +1,14 @@
 #!/usr/bin/env node
 'use strict';
-// gaspar2-request [--timeout SECONDS] HOST:PORT [MESSAGE]
+// gaspar2-request [--timeout SECONDS] ADDRESS [MESSAGE]
 //
+// ADDRESS is HOST:PORT, [V6]:PORT, unix:PATH or unix:@NAME (Linux's abstract namespace).
 // Sends MESSAGE (standard input when it is absent or "-") and writes the reply to standard
 // output. On failure writes one line to standard error and exits 1.
 
 const { request } = require('./gaspar2');
 
-const USAGE = 'usage: gaspar2-request [--timeout SECONDS] HOST:PORT [MESSAGE]\n';
+const USAGE = 'usage: gaspar2-request [--timeout SECONDS] HOST:PORT|unix:PATH|unix:@NAME [MESSAGE]\n';
 
 async function readStdin() {
   const chunks = [];

@@ -2,15 +2,43 @@
 // gaspar2 client for Node.js: one request per connection, using only the net module.
 //
 // The request is a 4-byte big-endian length and the payload; the reply is everything the
-// server writes before closing. A failed request is a TCP reset, never an empty reply.
+// server writes before closing. A failed request is a connection reset, never an empty
+// reply. Servers are reached over TCP ("host:port") or unix sockets ("unix:PATH", and
+// "unix:@NAME" for Linux's abstract namespace).
 
 const net = require('net');
 
 // "host:port" or "[v6 address]:port" -> {host, port}
 function parseUrl(url) {
   const match = /^\[?(.*?)\]?:(\d+)$/.exec(url);
-  if (!match) throw new TypeError(`expected HOST:PORT, got ${JSON.stringify(url)}`);
+  if (!match || url.startsWith('unix:')) {
+    throw new TypeError(`expected HOST:PORT, unix:PATH or unix:@NAME, got ${JSON.stringify(url)}`);
+  }
   return { host: match[1] || '127.0.0.1', port: Number(match[2]) };
+}
+
+// "unix:PATH" -> PATH, "unix:@NAME" -> "\0NAME" (Linux's abstract namespace); null for a
+// TCP address.
+function unixPath(url) {
+  if (!url.startsWith('unix:')) return null;
+  const path = url.slice('unix:'.length);
+  if (path === '' || path === '@') {
+    throw new TypeError(`unix: needs a path or @NAME, got ${JSON.stringify(url)}`);
+  }
+  return path.startsWith('@') ? `\0${path.slice(1)}` : path;
+}
+
+// Whether net.connect() reaches a name in Linux's abstract namespace as other programs bind
+// it: Node 20.8 passes the leading NUL on to libuv, and libuv 1.48 stops padding the name
+// with NULs to the whole size of a sockaddr_un (a padded name is another name). Node 22
+// has both; Node 18 and 20 (libuv 1.46) do not.
+function abstractSupported() {
+  const atLeast = (version, major, minor) => {
+    const [a, b] = version.split('.').map(Number);
+    return a > major || (a === major && b >= minor);
+  };
+  return process.platform === 'linux' && atLeast(process.versions.node, 20, 8) &&
+    atLeast(process.versions.uv, 1, 48);
 }
 
 function failure(url, message, code, cause) {
@@ -30,12 +58,18 @@ function aborted(url, signal) {
 // Send `message` (a Buffer, Uint8Array or string, sent as UTF-8) to the server at `url`.
 // Resolves to the reply as a Buffer (possibly empty). Rejects with an Error whose `code` is
 // 'ECONNRESET' when the server reset the connection (the request failed there),
-// 'ETIMEDOUT' when `timeout` milliseconds passed first, 'ABORT_ERR' when `signal` aborted
-// it, or the socket's own code (e.g. 'ECONNREFUSED') otherwise.
+// 'ECONNREFUSED' when nothing listens there (a unix socket's file that does not exist
+// included), 'ETIMEDOUT' when `timeout` milliseconds passed first, 'ABORT_ERR' when
+// `signal` aborted it, or the socket's own code otherwise.
 function request(url, message, { timeout, signal } = {}) {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) throw aborted(url, signal);
-    const { host, port } = parseUrl(url);
+    const path = unixPath(url);
+    const address = path === null ? parseUrl(url) : { path };
+    if (path?.startsWith('\0') && !abstractSupported()) {
+      throw failure(url, `abstract unix socket names (unix:@NAME) need Node.js 22 or later on Linux ` +
+        `(Node.js ${process.versions.node} with libuv ${process.versions.uv} would pad the name)`, 'ENOTSUP');
+    }
     const payload = typeof message === 'string' ? Buffer.from(message, 'utf8') : Buffer.from(message);
     if (payload.length > 0xffffffff) throw new RangeError('message too long for a 4-byte length');
     const header = Buffer.alloc(4);
@@ -43,7 +77,7 @@ function request(url, message, { timeout, signal } = {}) {
 
     const chunks = [];
     let timer;
-    const socket = net.connect({ host, port });
+    const socket = net.connect(address);
     const onAbort = () => settle(aborted(url, signal));
     const settle = (err) => {
       clearTimeout(timer);
@@ -66,8 +100,9 @@ function request(url, message, { timeout, signal } = {}) {
       if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
         // EPIPE: the reset hit a write rather than a read; it means the same.
         settle(failure(url, 'connection reset: the request failed on the server (see its log)', 'ECONNRESET', err));
-      } else if (err.code === 'ECONNREFUSED') {
-        settle(failure(url, 'connection refused: is the server running?', err.code, err));
+      } else if (err.code === 'ECONNREFUSED' || (path !== null && err.code === 'ENOENT')) {
+        // ENOENT: a unix socket's file that is not there; nothing listens, as for a refusal.
+        settle(failure(url, 'connection refused: is the server running?', 'ECONNREFUSED', err));
       } else {
         settle(failure(url, err.message, err.code, err));
       }
@@ -75,4 +110,4 @@ function request(url, message, { timeout, signal } = {}) {
   });
 }
 
-module.exports = { request, parseUrl };
+module.exports = { request, parseUrl, unixPath };

@@ -15,9 +15,11 @@ export interface RequestOptions {
 /** How a request failed: see `code`. */
 export interface RequestError extends Error {
   /**
-   * 'ECONNRESET': the request failed on the server; 'ECONNREFUSED': nothing listens there;
-   * 'ETIMEDOUT': no reply in time; 'ABORT_ERR': the signal aborted it; otherwise the
-   * socket's own code ('ENOTFOUND', ...).
+   * 'ECONNRESET': the request failed on the server; 'ECONNREFUSED': nothing listens there
+   * (or no unix socket's file is there); 'ETIMEDOUT': no reply in time; 'ABORT_ERR': the
+   * signal aborted it; 'ENOTSUP': "unix:@NAME" on a Node.js that cannot reach abstract
+   * names (before Node.js 22, or not Linux); otherwise the socket's own code ('ENOTFOUND',
+   * 'EACCES', ...).
    */
   code: string;
   cause?: unknown;
@@ -25,8 +27,9 @@ export interface RequestError extends Error {
 
 /**
  * Sends `message` (bytes, or a string sent as UTF-8) to the gaspar2 server at `url`
- * ("host:port" or "[v6 address]:port") and resolves to the reply, possibly empty. Rejects
- * with a RequestError.
+ * ("host:port", "[v6 address]:port", "unix:PATH" for a unix socket, or "unix:@NAME" for
+ * one in Linux's abstract namespace, which needs Node.js 22) and resolves to the reply,
+ * possibly empty. Rejects with a RequestError.
  */
 export function request(
   url: string,
@@ -36,3 +39,9 @@ export function request(
 
 /** "host:port" or "[v6 address]:port" -> { host, port }; a TypeError for anything else. */
 export function parseUrl(url: string): { host: string; port: number };
+
+/**
+ * "unix:PATH" -> PATH, "unix:@NAME" -> "\0NAME" (the abstract namespace's leading NUL),
+ * null for any other address; a TypeError for "unix:" or "unix:@" with nothing after.
+ */
+export function unixPath(url: string): string | null;

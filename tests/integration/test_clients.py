@@ -79,9 +79,10 @@ def echo_server6(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_env(echo_server, echo_server6):
+def test_env(echo_server, echo_server6, unix_server):
     """The environment for the clients' own test suites."""
     env = dict(os.environ, GASPAR2_TEST_URL=echo_server.url)
+    env.update(GASPAR2_TEST_UNIX=unix_server.unix_url, GASPAR2_TEST_ABSTRACT=unix_server.abstract)
     if echo_server6:
         env["GASPAR2_TEST_URL6"] = "[::1]:%d" % echo_server6.port
     return env
@@ -430,6 +431,271 @@ def test_readme_examples_run_as_written(section, app, echo_server, tmp_path):
     output = ok(["bash", "-euo", "pipefail", "-c", script], cwd=app, env=env, timeout=170)
     # The example program and the installed gaspar2-request each print the reply.
     assert output.count("hello") >= 2, output
+
+
+# Unix sockets: every client reaches unix:PATH, and unix:@NAME where its language's standard
+# library can; elsewhere it refuses the address with a clear error.
+
+@pytest.fixture(scope="module")
+def unix_server(tmp_path_factory):
+    """tests.handlers:work on a unix socket's file and on an abstract name (and on TCP)."""
+    directory = tmp_path_factory.mktemp("unix")
+    name = "gaspar2-clients-%d-%d" % (os.getpid(), random.randrange(1 << 30))
+    server = module_server(tmp_path_factory, "tests.handlers:work", "--workers", "2",
+                           "--bind", "unix:%s" % (directory / "g.sock"), "--bind", "unix:@" + name)
+    server.unix_url, server.abstract = "unix:%s" % (directory / "g.sock"), "unix:@" + name
+    yield server
+    server.stop()
+
+
+def node_reaches_abstract():
+    """Node.js 20.8 passes an abstract name's NUL on, and libuv 1.48 stops padding the name."""
+    versions = ok(["node", "-p", "process.platform + ' ' + process.versions.node + ' ' + "
+                   "process.versions.uv"]).split()
+    def at_least(version, want):
+        return tuple(map(int, version.split(".")[:2])) >= want
+    return (versions[0] == "linux" and at_least(versions[1], (20, 8))
+            and at_least(versions[2], (1, 48)))
+
+
+def reaches_abstract(language):
+    return {"c": True, "perl": True, "java": False}.get(language) or node_reaches_abstract()
+
+
+# How each client's library reports a request: the reply on stdout, or "failed: KIND" (reset,
+# refused, timeout, unsupported, or other, then the message) on stderr and exit 1.
+C_PROBE = r"""#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <gaspar2.h>
+int main(int argc, char **argv)
+{
+    unsigned char *reply;
+    size_t len;
+    const char *url = argv[1];
+    int unix_socket = strncmp(url, "unix:", 5) == 0;
+    char host[256] = "", *port = NULL;
+    if (!unix_socket) {
+        strcpy(host, url);
+        port = strrchr(host, ':');
+        *port++ = '\0';
+    }
+    int rc = gaspar2_request(unix_socket ? url : host, port, argv[2], strlen(argv[2]), &reply,
+                             &len, atoi(argv[3]));
+    if (rc == GASPAR2_OK) {
+        fwrite(reply, 1, len, stdout);
+        free(reply);
+        return 0;
+    }
+    fprintf(stderr, "failed: %s: %s\n", rc == GASPAR2_ERESET ? "reset"
+            : rc == GASPAR2_EREFUSED ? "refused" : rc == GASPAR2_ETIMEOUT ? "timeout" : "other",
+            gaspar2_strerror(rc));
+    return 1;
+}
+"""
+
+NODE_PROBE = """const { request } = require('gaspar2');
+const kinds = {
+  ECONNRESET: 'reset', ECONNREFUSED: 'refused', ETIMEDOUT: 'timeout', ENOTSUP: 'unsupported',
+};
+const [url, message, timeout] = process.argv.slice(2);
+request(url, message, { timeout: Number(timeout) }).then(
+  (reply) => process.stdout.write(reply),
+  (err) => {
+    process.stderr.write(`failed: ${kinds[err.code] || 'other'}: ${err.message}\n`);
+    process.exitCode = 1;
+  },
+);
+"""
+
+PERL_PROBE = r"""use strict;
+use warnings;
+use Net::Gaspar2 qw(request);
+my ($url, $message, $timeout) = @ARGV;
+my $reply = eval { request($url, $message, timeout => $timeout / 1000) };
+if (!defined $reply) {
+    my $kind = $@ =~ /connection reset/ ? 'reset' : $@ =~ /connection refused/ ? 'refused'
+        : $@ =~ /timed out/ ? 'timeout' : 'other';
+    print STDERR "failed: $kind: $@";
+    exit 1;
+}
+binmode STDOUT;
+print $reply;
+"""
+
+JAVA_PROBE = """import gaspar2.Gaspar2;
+
+public class Probe {
+    public static void main(String[] args) throws Exception {
+        String kind;
+        Exception error;
+        try {
+            System.out.write(Gaspar2.request(args[0], args[1], Integer.parseInt(args[2])));
+            System.out.flush();
+            return;
+        } catch (Gaspar2.RequestFailed e) {
+            kind = "reset";
+            error = e;
+        } catch (java.net.ConnectException e) {
+            kind = "refused";
+            error = e;
+        } catch (java.net.SocketTimeoutException e) {
+            kind = "timeout";
+            error = e;
+        } catch (UnsupportedOperationException e) {
+            kind = "unsupported";
+            error = e;
+        } catch (Exception e) {
+            kind = "other";
+            error = e;
+        }
+        System.err.println("failed: " + kind + ": " + error.getMessage());
+        System.exit(1);
+    }
+}
+"""
+
+
+@pytest.fixture(scope="module", params=LANGUAGES)
+def library(request, tmp_path_factory):
+    """(language, argv of a program that sends argv[1] to the address argv[0] through the
+    language's library, with a timeout of argv[2] ms)."""
+    language = request.param
+    work = tmp_path_factory.mktemp("probe-" + language)
+    if language == "c":
+        prefix = request.getfixturevalue("c_prefix")
+        (work / "probe.c").write_text(C_PROBE)
+        ok(["cc", "-Wall", "-Werror", "-o", work / "probe", work / "probe.c", "-I",
+            prefix / "include", prefix / "lib" / "libgaspar2.a"])
+        return language, [str(work / "probe")]
+    if language == "node":
+        app = request.getfixturevalue("node_app")
+        (app / "unix-probe.js").write_text(NODE_PROBE)
+        return language, ["node", str(app / "unix-probe.js")]
+    if language == "perl":
+        prefix = request.getfixturevalue("perl_prefix")
+        (work / "probe.pl").write_text(PERL_PROBE)
+        return language, ["perl", "-I", str(prefix / "lib" / "perl5"), str(work / "probe.pl")]
+    jar = str(request.getfixturevalue("java_jar"))
+    (work / "Probe.java").write_text(JAVA_PROBE)
+    ok(["javac", "-cp", jar, "-d", work, work / "Probe.java"])
+    return language, ["java", "-cp", "%s:%s" % (jar, work), "Probe"]
+
+
+def language_of(request):
+    return request.node.callspec.params["cli"]
+
+
+def probe(library, url, message, timeout_ms=30000):
+    return run([*library[1], url, message, str(timeout_ms)])
+
+
+def assert_probe_failed(done, kind):
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 1 and done.stdout == b"", err
+    assert err.startswith("failed: %s: " % kind), err
+    return err
+
+
+def each_gets_its_own(argvs):
+    """Run every (argv, expected reply) at once; each must print its own reply."""
+    procs = [(subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE), expected)
+             for argv, expected in argvs]
+    for proc, expected in procs:
+        out, err = proc.communicate(timeout=120)
+        assert (proc.returncode, err) == (0, b""), err.decode("utf-8", "replace")
+        assert out == expected
+
+
+def bodies(language, via, url, count=4):
+    tag = "%08x" % random.randrange(1 << 32)
+    return ["%s %s #%d %s over %s" % (language, via, n, tag, url) for n in range(count)]
+
+
+def test_unix_path_from_library(library, unix_server):
+    language, argv = library
+    url = unix_server.unix_url
+    each_gets_its_own([([*argv, url, body, "30000"], body.encode())
+                       for body in bodies(language, "library", url)])
+    assert probe(library, url, "").stdout == b""
+    assert_probe_failed(probe(library, url, "fail"), "reset")
+
+
+def test_unix_path_from_cli(cli, unix_server, request):
+    url = unix_server.unix_url
+    each_gets_its_own([([*cli, url, body], body.encode())
+                       for body in bodies(language_of(request), "gaspar2-request", url)])
+    payload = random.Random(3).randbytes(1 << 20)
+    assert_echo(run([*cli, url], stdin=payload), payload)
+    assert_failed(run([*cli, url, "fail"]), RESET)
+
+
+def test_abstract_name_from_library(library, unix_server):
+    language, argv = library
+    url = unix_server.abstract
+    if not reaches_abstract(language):
+        err = assert_probe_failed(probe(library, url, "hello"), "unsupported")
+        assert "abstract" in err and "unix:@NAME" in err, err
+        return
+    each_gets_its_own([([*argv, url, body, "30000"], body.encode())
+                       for body in bodies(language, "library", url)])
+    assert_probe_failed(probe(library, url, "fail"), "reset")
+
+
+def test_abstract_name_from_cli(cli, unix_server, request):
+    language, url = language_of(request), unix_server.abstract
+    if not reaches_abstract(language):
+        assert_failed(run([*cli, url, "hello"]), "abstract unix socket names (unix:@NAME)")
+        return
+    each_gets_its_own([([*cli, url, body], body.encode())
+                       for body in bodies(language, "gaspar2-request", url)])
+    assert_failed(run([*cli, url, "fail"]), RESET)
+
+
+def refusing_addresses(tmp_path, stale):
+    """A unix socket's file that is not there, and one nobody listens on (``stale``, bound,
+    never listening): both refuse."""
+    stale.bind(str(tmp_path / "stale.sock"))
+    return ["unix:%s" % (tmp_path / "none.sock"), "unix:%s" % (tmp_path / "stale.sock")]
+
+
+def nobody_listens():
+    return "unix:@gaspar2-nobody-%d-%d" % (os.getpid(), random.randrange(1 << 30))
+
+
+def test_missing_unix_socket_is_refused_by_library(library, tmp_path):
+    with socket.socket(socket.AF_UNIX) as stale:
+        for url in refusing_addresses(tmp_path, stale):
+            assert_probe_failed(probe(library, url, "anyone?"), "refused")
+    if reaches_abstract(library[0]):
+        assert_probe_failed(probe(library, nobody_listens(), "anyone?"), "refused")
+
+
+def test_missing_unix_socket_is_refused_by_cli(cli, tmp_path, request):
+    with socket.socket(socket.AF_UNIX) as stale:
+        for url in refusing_addresses(tmp_path, stale):
+            assert_failed(run([*cli, url, "anyone?"]), "refused")
+    if reaches_abstract(language_of(request)):
+        assert_failed(run([*cli, nobody_listens(), "anyone?"]), "refused")
+
+
+def silent_unix_socket(tmp_path, silent):
+    """The kernel completes the connection, but nothing ever accepts it or replies."""
+    silent.bind(str(tmp_path / "silent.sock"))
+    silent.listen(8)
+    return "unix:%s" % (tmp_path / "silent.sock")
+
+
+def test_unix_timeout_in_library(library, tmp_path):
+    with socket.socket(socket.AF_UNIX) as silent:
+        url = silent_unix_socket(tmp_path, silent)
+        assert_probe_failed(probe(library, url, "hello?", 500), "timeout")
+
+
+def test_unix_timeout_in_cli(cli, tmp_path):
+    with socket.socket(socket.AF_UNIX) as silent:
+        url = silent_unix_socket(tmp_path, silent)
+        assert_failed(run([*cli, "--timeout", "0.5", url, "hello?"]), "timed out")
 
 
 # Last: the builds above, each with its defaults, wrote only what git ignores.

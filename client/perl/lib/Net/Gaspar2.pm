@@ -8,17 +8,28 @@ use Errno ();
 use Exporter qw(import);
 use IO::Select;
 use IO::Socket::IP;
-use Socket qw(SHUT_WR SOCK_STREAM);
+use IO::Socket::UNIX;
+use Socket qw(AF_UNIX SHUT_WR SOCK_STREAM pack_sockaddr_un);
 use Time::HiRes qw(time);
 
 our $VERSION = '0.1.0';
 our @EXPORT_OK = qw(request);
 
+# The longest path a sockaddr_un holds, with its terminating NUL (Linux: 108 bytes).
+use constant SUN_PATH_MAX => 108;
+
 sub request {
     my ($url, $message, %opt) = @_;
-    my ($host, $port) = $url =~ /^\[?(.*?)\]?:(\d+)\z/
-        or croak "expected HOST:PORT, got '$url'";
-    $host = '127.0.0.1' if $host eq '';
+    my ($host, $port, $path);
+    if ($url =~ /^unix:(.*)\z/s) {
+        $path = $1;
+        croak "unix: needs a path or \@NAME, got '$url'" if $path eq '' || $path eq '@';
+    }
+    else {
+        ($host, $port) = $url =~ /^\[?(.*?)\]?:(\d+)\z/
+            or croak "expected HOST:PORT, unix:PATH or unix:\@NAME, got '$url'";
+        $host = '127.0.0.1' if $host eq '';
+    }
     my $timeout = $opt{timeout};
     my $deadline = $timeout ? time + $timeout : undef;
     $message = '' unless defined $message;
@@ -29,19 +40,25 @@ sub request {
     # A reset while writing must be reported as an error, not kill the process.
     local $SIG{PIPE} = 'IGNORE';
 
-    my $sock = IO::Socket::IP->new(
-        PeerHost    => $host,
-        PeerService => $port,
-        Type        => SOCK_STREAM,
-        ($timeout ? (Timeout => $timeout) : ()),
-    );
-    if (!$sock) {
-        die "$url: connection refused: is the server running?\n" if $!{ECONNREFUSED};
-        die "$url: timed out after $timeout s\n" if $!{ETIMEDOUT} && $timeout;
-        die "$url: cannot connect: $@\n";
+    my $sock;
+    if (defined $path) {
+        $sock = _connect_unix($url, $path, $deadline, $timeout);
     }
-    # Non-blocking, so that every wait goes through select() and respects the deadline.
-    $sock->blocking(0);
+    else {
+        $sock = IO::Socket::IP->new(
+            PeerHost    => $host,
+            PeerService => $port,
+            Type        => SOCK_STREAM,
+            ($timeout ? (Timeout => $timeout) : ()),
+        );
+        if (!$sock) {
+            die "$url: connection refused: is the server running?\n" if $!{ECONNREFUSED};
+            die "$url: timed out after $timeout s\n" if $!{ETIMEDOUT} && $timeout;
+            die "$url: cannot connect: $@\n";
+        }
+        # Non-blocking, so that every wait goes through select() and respects the deadline.
+        $sock->blocking(0);
+    }
     my $select = IO::Select->new($sock);
 
     my $sent = 0;
@@ -59,6 +76,33 @@ sub request {
     }
     close $sock;
     return $reply;
+}
+
+# A non-blocking unix socket connected to PATH, or to NAME in Linux's abstract namespace
+# for "@NAME".
+sub _connect_unix {
+    my ($url, $path, $deadline, $timeout) = @_;
+    my $abstract = $path =~ s/^@//;
+    if (length($path) + 1 > SUN_PATH_MAX) {
+        local $! = Errno::ENAMETOOLONG();
+        die "$url: $!\n";
+    }
+    # An abstract name is a NUL and the name, as long as the name: no NUL may pad it, for
+    # a padded name is another name.
+    my $address = $abstract ? pack('S', AF_UNIX) . "\0" . $path : pack_sockaddr_un($path);
+    my $sock = IO::Socket::UNIX->new(Type => SOCK_STREAM)
+        or die "$url: cannot create a socket: $!\n";
+    $sock->blocking(0);
+    until (connect $sock, $address) {
+        # A file that is not there is refused too: nothing listens.
+        die "$url: connection refused: is the server running?\n" if $!{ECONNREFUSED} || $!{ENOENT};
+        # EAGAIN: the server's backlog is full; try again until the deadline, as a blocking
+        # connect would wait for room.
+        die "$url: cannot connect: $!\n" unless $!{EAGAIN} || $!{EINTR};
+        die "$url: timed out after $timeout s\n" if defined $deadline && time >= $deadline;
+        select undef, undef, undef, 0.01;
+    }
+    return $sock;
 }
 
 # After a sysread or syswrite failed: wait if it would have blocked, die otherwise.
@@ -84,7 +128,7 @@ __END__
 
 =head1 NAME
 
-Net::Gaspar2 - client for gaspar2 servers: one length-prefixed request per TCP connection
+Net::Gaspar2 - client for gaspar2 servers: one length-prefixed request per connection
 
 =head1 SYNOPSIS
 
@@ -96,23 +140,30 @@ Net::Gaspar2 - client for gaspar2 servers: one length-prefixed request per TCP c
         # the request failed on the server
     }
 
+    # The same over a unix socket, or one in Linux's abstract namespace:
+    $reply = request('unix:/run/gaspar2/gaspar2.sock', $bytes);
+    $reply = request('unix:@gaspar2', $bytes);
+
 =head1 DESCRIPTION
 
-A gaspar2 server runs a handler on every core behind one TCP port. Each connection carries
-one request: a 4-byte big-endian length and the payload. The reply is everything the
-server writes before closing, and may be empty; a failed request (the handler raised, the
-worker died) is a TCP reset, which this module reports as an error, never as an empty
-reply.
+A gaspar2 server runs a handler on every core behind one TCP port or unix socket. Each
+connection carries one request: a 4-byte big-endian length and the payload. The reply is
+everything the server writes before closing, and may be empty; a failed request (the
+handler raised, the worker died) is a connection reset, which this module reports as an
+error, never as an empty reply.
 
 The module uses only core modules (L<IO::Socket::IP>, so IPv6 addresses work as well as
-IPv4 ones and host names).
+IPv4 ones and host names; L<IO::Socket::UNIX> for unix sockets).
 
 =head1 FUNCTIONS
 
 =head2 request($url, $message, %options)
 
 Sends C<$message> to the server at C<$url> and returns the reply, a byte string that may be
-empty. C<$url> is C<HOST:PORT>, C<:PORT> for 127.0.0.1, or C<[IPV6 ADDRESS]:PORT>.
+empty. C<$url> is C<HOST:PORT>, C<:PORT> for 127.0.0.1, C<[IPV6 ADDRESS]:PORT>,
+C<unix:PATH> for a unix socket's file (a server started with C<--bind unix:PATH>), or
+C<unix:@NAME> for a socket in Linux's abstract namespace (C<--bind unix:@NAME>). A
+malformed C<$url> croaks.
 C<$message> is a byte string: encode text first (for instance with
 C<Encode::encode('UTF-8', $text)>); a string with wide characters croaks.
 
@@ -139,7 +190,8 @@ may have run, so retry only what is safe to run twice.
 
 =item C<connection refused>
 
-Nothing listens at that address: the request was not sent.
+Nothing listens at that address: the request was not sent. A unix socket's file that is
+not there is refused too.
 
 =item C<timed out>
 
@@ -147,7 +199,9 @@ No complete reply within the timeout: the server may or may not have run it.
 
 =back
 
-Any other failure (an unknown host, an unreachable network) dies with the system's reason.
+Any other failure (an unknown host, an unreachable network, a unix socket's file that
+this process may not open, a path longer than a C<sockaddr_un> holds) dies with the
+system's reason.
 
 =head1 SEE ALSO
 
