@@ -179,6 +179,7 @@ def run(target: str, options: dict[str, Any],
     try:
         producer = Producer(target, **options)
         producer.workers_on_reload = workers_on_reload
+        producer.rename_process = True
         producer.start()
     except WorkerBootError as exc:
         log.error("cannot serve %s: %s", target, exc)

@@ -16,7 +16,6 @@ from .metrics import Observer
 
 class Exposure:
     def __init__(self, settings: Any, loop: Any, path: Any, name: str):
-        listeners.validate(settings.bind)
         self.settings = settings
         self.loop = loop
         self.path = path

@@ -13,21 +13,25 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import gevent
 import gevent.event
+import gevent.monkey
 
 from .. import logs, settings
 from ..consumer import Consumer, as_consumer, describe, target_of
+from ..frontend import listeners
 from ..loading import forget_setup_failures
 from ..protocol.progress import ProgressTable
 from ..workers import forkserver
 from ..workers.process import make_ipc_dir, raise_open_file_limit, set_title
+from ..workers.supervisor import Supervisor
 from ..workers.worker import LocalWorkers
-from . import metrics
+from . import metrics, systemd
 from .exposure import Exposure
 from .members import RemoteMembers
 from .path import RequestPath
@@ -36,6 +40,9 @@ from .transport import Announcing, Transport
 log = logging.getLogger("gaspar2")
 
 SWEEP_INTERVAL = 0.1           # how often timeouts are checked
+# The thread's own, not a greenlet's, whatever monkey patching did.
+THREAD_IDENT: Callable[[], int] = gevent.monkey.get_original("_thread", "get_ident")
+HUB_SILENCE = 5.0               # a start(blocking=False) whose hub never runs is told after this
 # A stop signal repeated within this long after the first was logged is the same delivery,
 # counted once: timeout(1) and some supervisors signal the child and then its whole process
 # group, microseconds apart. (Deliveries before the first is handled merge in the event loop.)
@@ -61,12 +68,20 @@ class Producer:
     """Serves ``consumer`` on ``host:port`` with ``processes`` worker processes; every
     other option is a keyword argument named as in ``gaspar2.settings``."""
 
+    # Bound to the gevent loop that serves, so made by start(), in the thread that runs it.
+    loop: Any
+    path: RequestPath
+    supervisor: Supervisor
+    exposure: Exposure
+    notifier: systemd.Notifier
+
     def __init__(self, consumer: Any, port: int | None = None, processes: int | None = None,
                  host: str | None = None, **options: Any) -> None:
         positional = {"port": port, "workers": processes, "host": host}
         options.update((k, v) for k, v in positional.items() if v is not None)
         self.settings = settings.resolve(options)
         self.settings.workers = self.settings.workers or os.cpu_count() or 1
+        listeners.validate(self.settings.bind)
         self.spec, self.consumer = target_of(consumer)
         self.name = (self.settings.name or self.spec
                      or (describe(self.consumer) if self.consumer is not None else "?"))
@@ -76,12 +91,11 @@ class Producer:
         self.stopped = gevent.event.Event()
         self._startup = gevent.event.AsyncResult()
         self._drained = gevent.event.Event()
-        self.loop = gevent.get_hub().loop
         self.progress = ProgressTable(slow_after=self.settings.giveback_after)
-        self.path = RequestPath(self, self.settings, self.loop, self.progress)
-        self.supervisor = self.path.supervisor
-        self.exposure = Exposure(self.settings, self.loop, self.path, self.name)
-        self.notifier = self.exposure.notifier
+        self.thread: int | None = None  # the ident of the thread whose hub serves
+        self.swept = 0.0                # when the loop last swept (see _check_hub_runs)
+        self.rename_process = False
+        """True (``gaspar2 serve``): the process is the producer's own, renamed for ps."""
         self.ipc_dir: str | None = None
         self.fork: forkserver.ForkServerClient | None = None
         self.transport: Transport | None = None
@@ -91,11 +105,22 @@ class Producer:
         on, or None to keep the count. ``gaspar2 serve`` reads its config file again here,
         so an operator can set the count without counting signals."""
 
+    def _assemble(self) -> None:
+        """Make the parts bound to a gevent loop: the loop of the thread calling start()."""
+        if self.thread is not None:
+            raise RuntimeError("this producer was started already: make a new one")
+        self.loop = gevent.get_hub().loop
+        self.path = RequestPath(self, self.settings, self.loop, self.progress)
+        self.supervisor = self.path.supervisor
+        self.exposure = Exposure(self.settings, self.loop, self.path, self.name)
+        self.notifier = self.exposure.notifier
+        self.thread = THREAD_IDENT()    # last: other threads read the parts once it is set
+
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port) of the first TCP listener, once serving (port 0 picks a
         free one); ``addresses`` names every listener."""
-        if self.exposure.address is None:
+        if self.thread is None or self.exposure.address is None:
             if self.addresses:
                 raise RuntimeError("no TCP listener: see addresses %s" % self.addresses)
             raise RuntimeError("the producer is not serving yet: call start() first")
@@ -103,16 +128,19 @@ class Producer:
 
     @property
     def addresses(self) -> list[str]:
-        return self.exposure.addresses
+        return self.exposure.addresses if self.thread is not None else []
 
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self, blocking: bool = True) -> None:
         """Start the workers and serve; with ``blocking=False`` return once serving.
 
-        Blocking, it handles signals from the first moment: a TERM or INT while the workers
-        start stops it cleanly, and start() returns."""
-        if blocking:
+        Blocking, in the main thread, it handles signals from the first moment: a TERM or
+        INT while the workers start stops it cleanly, and start() returns. Not blocking, the
+        program must go on running gevent (a gevent server, greenlets that wait); a program
+        that does not run gevent uses ``start_in_thread()``."""
+        self._assemble()
+        if blocking and in_main_thread():
             self._install_signal_handlers()
         try:
             self._open()
@@ -125,6 +153,52 @@ class Producer:
             raise
         if blocking:
             self.stopped.wait()
+        else:
+            self._check_hub_runs()
+
+    def start_in_thread(self) -> threading.Thread:
+        """Serve from a thread of its own, which runs its own gevent hub: for a program that
+        does not run gevent (a threaded WSGI server such as Flask's or Django's, a script).
+        Returns once serving, or raises what start() raised. ``gaspar2.client.request``
+        from any other thread reaches it; ``stop()`` may be called from any thread. Signals
+        stay the host program's."""
+        started = threading.Event()
+        failed: list[BaseException] = []
+
+        def serve() -> None:
+            try:
+                self.start(blocking=False)
+            except BaseException as exc:
+                failed.append(exc)
+                return
+            finally:
+                started.set()
+            self.stopped.wait()             # runs this thread's hub until stopped
+
+        thread = threading.Thread(target=serve, name="gaspar2-producer", daemon=True)
+        thread.start()
+        started.wait()
+        if failed:
+            thread.join()
+            raise failed[0]
+        return thread
+
+    def _check_hub_runs(self) -> None:
+        """After start(blocking=False), the caller's gevent hub must run for anything to be
+        served. A program that does not run gevent is told so, once, rather than left with
+        every request timing out in silence."""
+        if gevent.monkey.is_module_patched("threading"):
+            return                      # a patched program's timers need that hub themselves
+        started = time.monotonic()
+
+        def check() -> None:
+            if self.state is State.SERVING and self.swept < started:
+                log.error("nothing is served: the gevent hub of the thread that called "
+                          "start(blocking=False) has not run for %.0f s, so this program does "
+                          "not run gevent; call start_in_thread() instead", HUB_SILENCE)
+        timer = threading.Timer(HUB_SILENCE, check)
+        timer.daemon = True
+        timer.start()
 
     def _open(self) -> None:
         s = self.settings
@@ -157,12 +231,17 @@ class Producer:
         self._startup.get()         # again: a stop signal may have come meanwhile
         self.path.start()
         self.sweeper = self.loop.timer(SWEEP_INTERVAL, SWEEP_INTERVAL)
-        self.sweeper.start(self.path.sweep)
+        self.sweeper.start(self._sweep)
         self.state = State.SERVING
         self.running.set()
-        set_title("gaspar2 producer %s %s" % (self.name, self.exposure.label))
+        if self.rename_process:
+            set_title("gaspar2 producer %s %s" % (self.name, self.exposure.label))
         log.info("gaspar2 %s", self.exposure.serving_line())
         self.notifier.ready(self.exposure.serving_line())
+
+    def _sweep(self) -> None:
+        self.swept = time.monotonic()
+        self.path.sweep()
 
     def _make_consumer(self) -> Consumer:
         if self.spec:
@@ -172,7 +251,14 @@ class Producer:
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting, finish the requests received (up to ``timeout``, by default the
-        graceful timeout), then stop the workers."""
+        graceful timeout), then stop the workers. Any thread may call it."""
+        if self.thread is None:         # never started
+            self.state = State.STOPPED
+            self.stopped.set()
+            return
+        if THREAD_IDENT() != self.thread:
+            self._stop_from(threading.Event(), timeout)
+            return
         if self.state in (State.DRAINING, State.STOPPED):
             self.stopped.wait()
             return
@@ -188,6 +274,19 @@ class Producer:
         self.path.fail_all("refused", "the server stopped before this request was answered")
         self._close()
         log.info("stopped")
+
+    def _stop_from(self, done: threading.Event, timeout: float | None) -> None:
+        """stop() called from a thread other than the one whose hub serves: run it there."""
+        def stop_then_tell() -> None:
+            try:
+                self.stop(timeout)
+            finally:
+                done.set()
+        if self.state is not State.STOPPED:
+            self.loop.run_callback_threadsafe(gevent.spawn, stop_then_tell)
+            # Its hub may end before the callback runs, if a stop was under way already.
+            while not done.wait(0.1) and not self.stopped.is_set():
+                pass
 
     def _close(self) -> None:
         """Stop the fork server and its workers, release ZeroMQ and the ipc directory."""
@@ -282,7 +381,7 @@ class Producer:
 
     def status(self) -> dict[str, int]:
         """Counts for operators (SIGUSR2 and /healthz show them) and for leak checks."""
-        return self.path.status()
+        return self.path.status() if self.thread is not None else {}
 
     def log_status(self) -> None:
         log.info("status: %s", " ".join("%s=%s" % item for item in self.status().items()))
@@ -312,3 +411,12 @@ class Producer:
     def idle(self) -> None:
         if self.state is State.DRAINING:
             self._drained.set()
+
+
+def in_main_thread() -> bool:
+    """Whether this is the thread that receives signals (greenlets and patching aside)."""
+    try:
+        signal.set_wakeup_fd(signal.set_wakeup_fd(-1))
+    except ValueError:
+        return False
+    return True

@@ -115,7 +115,7 @@ def readme_embedding_example():
     with open(os.path.join(ROOT, "README.rst")) as f:
         text = f.read()
     start = text.index("    from gevent import monkey", text.index("Embedding in a gevent program"))
-    block = text[start:text.index("\nCommand line\n", start)]
+    block = text[start:text.index("\nFrom a WSGI or Django app\n", start)]
     return textwrap.dedent(block)
 
 
