@@ -71,7 +71,7 @@ def describe_status(status: int, ready: bool) -> str:
         return "killed by %s" % signal.Signals(os.WTERMSIG(status)).name
     code = os.WEXITSTATUS(status)
     if code == EXIT_BOOT and not ready:
-        return "could not start: import or setup() failed (traceback above)"
+        return "import or setup() failed (traceback above)"
     return "exited with status %d" % code
 
 

@@ -121,7 +121,7 @@ def test_failing_setup_backs_off_instead_of_forking_in_a_loop(tmp_path):
         server.wait_serving()
         with pytest.raises(client.RequestFailed):
             client.request(server.url, b"die", timeout=30)
-        log = server.wait_log(r"cannot start \(setup\(\) failed.*\): next try in 0\.4 s",
+        log = server.wait_log(r"cannot start \(import or setup\(\) failed.*\): next try in 0\.4 s",
                               timeout=30)
         assert "RuntimeError: database is down" in log
         starts = (tmp_path / "starts").read_text()
