@@ -312,11 +312,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if extras:
         command: argparse.ArgumentParser = getattr(args, "parser", parser)
         known = [o for action in command._actions for o in action.option_strings]
-        guesses = [difflib.get_close_matches(word.partition("=")[0], known, 1)
-                   for word in extras if word.startswith("-")]
-        hint = "; ".join("%s: did you mean %s?" % (word, close[0])
-                         for word, close in zip([w for w in extras if w.startswith("-")],
-                                                guesses, strict=True) if close)
+        hint = "; ".join("%s: did you mean %s?" % (word, close[0]) for word in extras
+                         if word.startswith("-") and (close := difflib.get_close_matches(
+                             word.partition("=")[0], known, 1)))
         command.error("unrecognized arguments: %s%s" % (" ".join(extras),
                                                         " (%s)" % hint if hint else ""))
     return args

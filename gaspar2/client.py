@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from types import ModuleType
 from typing import BinaryIO, Protocol, TypeAlias
 
-from .protocol.wire import HEADER, MAX_LENGTH, pack
+from .protocol.wire import HEADER, MAX_LENGTH, pack, unix_path
 
 __all__ = [
     "Executor",
@@ -36,6 +36,7 @@ __all__ = [
     "RequestReset",
     "RequestTimeout",
     "Writable",
+    "address_of",
     "arequest",
     "pack",
     "parse_url",
@@ -82,15 +83,10 @@ def parse_url(url: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def unix_path(url: str) -> str | None:
-    """The socket's path for ``"unix:PATH"`` (``"unix:@NAME"``: Linux's abstract namespace,
-    returned with its leading NUL), None for a TCP address."""
-    if not url.startswith("unix:"):
-        return None
-    path = url[len("unix:"):]
-    if not path or path == "@":
-        raise ValueError("unix: needs a path or @NAME, got %r" % (url,))
-    return "\0" + path[1:] if path.startswith("@") else path
+def address_of(url: str) -> tuple[str, int] | str:
+    """(host, port) for a TCP address, the socket's name for a unix one."""
+    path = unix_path(url)
+    return path if path is not None else parse_url(url)
 
 
 def request(url: str, message: Message, timeout: float | None = None) -> bytes:
@@ -131,8 +127,7 @@ def _reply_pieces(url: str, pieces: Iterable[bytes], timeout: float | None) -> I
     """Connect, send ``pieces``, then yield the reply as it arrives until EOF, all within
     ``timeout``; a socket's error becomes a RequestFailed, the caller's own errors stay
     its own."""
-    path = unix_path(url)
-    address = path if path is not None else parse_url(url)
+    address = address_of(url)
     deadline = None if timeout is None else time.monotonic() + timeout
     sockets = _sockets()
 
@@ -185,12 +180,11 @@ def _sockets() -> ModuleType:
 
 async def arequest(url: str, message: Message, timeout: float | None = None) -> bytes:
     """``request`` for asyncio."""
-    path = unix_path(url)
-    address = None if path is not None else parse_url(url)
+    address = address_of(url)
 
     async def exchange() -> bytes:
-        if address is None:
-            reader, writer = await asyncio.open_unix_connection(path)
+        if isinstance(address, str):
+            reader, writer = await asyncio.open_unix_connection(address)
         else:
             reader, writer = await asyncio.open_connection(*address)
         try:
@@ -219,8 +213,7 @@ class Executor(concurrent.futures.Executor):
 
     def __init__(self, url: str, max_workers: int | None = None, *,
                  timeout: float | None = None) -> None:
-        if unix_path(url) is None:
-            parse_url(url)  # a malformed url fails here rather than in every future
+        address_of(url)  # a malformed url fails here rather than in every future
         self.url = url
         self.timeout = timeout
         self._pool = concurrent.futures.ThreadPoolExecutor(

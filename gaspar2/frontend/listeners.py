@@ -74,10 +74,8 @@ def file_identity(path: str) -> tuple[int, int] | None:
 
 def parse(address: str) -> tuple[str, Any]:
     """("tcp", (host, port)), ("unix", path) or ("fd", n); ValueError for anything else."""
-    if address.startswith("unix:"):
-        path = address[5:]
-        if not path:
-            raise ValueError("unix: needs a path: unix:/run/gaspar2.sock")
+    path = wire.unix_path(address)
+    if path is not None:
         return "unix", path
     if address.startswith("fd://"):
         if not address[5:].isdigit():
@@ -165,13 +163,13 @@ def adopt(sock: socket.socket, backlog: int, origin: str) -> Listener:
 
 
 def open_unix(path: str, backlog: int, unix_mode: int) -> Listener:
-    abstract = path.startswith("@")
+    abstract = path.startswith("\0")
     if not abstract:
         remove_stale(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         if abstract:
-            sock.bind("\0" + path[1:])
+            sock.bind(path)
             return prepare(sock, backlog, None)
         old = os.umask(0o777 & ~unix_mode)
         try:

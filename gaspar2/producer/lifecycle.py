@@ -257,7 +257,7 @@ class Producer:
             self.stopped.set()
             return
         if THREAD_IDENT() != self.thread:
-            self._stop_from(threading.Event(), timeout)
+            self._stop_from(timeout)
             return
         if self.state in (State.DRAINING, State.STOPPED):
             self.stopped.wait()
@@ -275,8 +275,10 @@ class Producer:
         self._close()
         log.info("stopped")
 
-    def _stop_from(self, done: threading.Event, timeout: float | None) -> None:
+    def _stop_from(self, timeout: float | None) -> None:
         """stop() called from a thread other than the one whose hub serves: run it there."""
+        done = threading.Event()
+
         def stop_then_tell() -> None:
             try:
                 self.stop(timeout)

@@ -107,6 +107,19 @@ def pack(message: bytes | bytearray | memoryview | str) -> bytes:
     return HEADER.pack(len(message)) + bytes(message)
 
 
+def unix_path(address: str) -> str | None:
+    """The socket name of ``unix:PATH``, or of ``unix:@NAME`` (Linux's abstract namespace:
+    returned with its leading NUL); None for any other address. The server binds and the
+    clients connect by the same reading."""
+    if not address.startswith("unix:"):
+        return None
+    path = address[len("unix:"):]
+    if not path or path == "@":
+        raise ValueError("unix: needs a path or @NAME: unix:/run/gaspar2.sock, got %r"
+                         % (address,))
+    return "\0" + path[1:] if path.startswith("@") else path
+
+
 # -- ZeroMQ messages between the producer and its workers ------------------------------------
 
 Data = bytes | bytearray | memoryview       # what a frame is made of

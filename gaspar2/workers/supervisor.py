@@ -148,8 +148,7 @@ class Supervisor:
         if self.size + delta < 1:
             log.info("keeping the last worker")
             return
-        self.size += delta
-        log.info("now %s wanted", counted(self.size, "worker"))
+        self._want(self.size + delta)
         self.reconcile()
 
     def reload(self, size: int | None = None) -> None:
@@ -157,11 +156,14 @@ class Supervisor:
         as a new one is ready, so capacity never dips. A generation that cannot start is
         given up at its first failure (see ``_give_up_reload``)."""
         if size is not None and size != self.size:
-            self.size = size
-            log.info("now %s wanted", counted(self.size, "worker"))
+            self._want(size)
         self.generation += 1
         self.generation_served = False
         self.reconcile()
+
+    def _want(self, size: int) -> None:
+        self.size = size
+        log.info("now %s wanted", counted(size, "worker"))
 
     def close(self) -> None:
         """Start no worker again; kill those still running a request at once: by now its

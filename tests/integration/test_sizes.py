@@ -20,6 +20,10 @@ the limit:
                           with gaspar2.client.request; the test speaks HTTP to it.
 ``*-zeromq``              ``serve-echo`` and ``patched-reverse`` with ``--shm-threshold 0``:
                           every body travels through ZeroMQ, whatever its size.
+``unix-file-echo``        ``gaspar2 serve --bind unix:PATH``: every body goes over the unix
+                          socket, sent by client.request_file from a file, in the pieces
+                          ``gaspar2 request`` streams (a unix listener also holds back a
+                          frame's last byte: see listeners.py).
 ``remote-echo``           ``gaspar2 serve --remote-workers`` on 127.0.0.1 with one local
                           worker and a ``gaspar2 worker`` group of two, all serving
                           tests.handlers:gate (an echo). The local worker is
@@ -51,6 +55,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 
 import pytest
 import zmq
@@ -225,6 +230,16 @@ class Target:
         assert not local, "served by a local worker, not a remote one: %s" % local
 
 
+class UnixFileTarget(Target):
+    """Bodies go from a file over the unix socket, streamed as ``gaspar2 request -f``."""
+
+    def request(self, body):
+        with tempfile.TemporaryFile() as file:
+            file.write(body)
+            file.seek(0)
+            return client.request_file(self.url, file, timeout=REQUEST_TIMEOUT)
+
+
 class WSGITarget(Target):
     """Bodies go as HTTP POSTs to the gevent.pywsgi app, which asks its producer."""
 
@@ -260,6 +275,7 @@ MODES = {
     "patched-echo": ("embedded", ECHO, True),
     "patched-reverse": ("embedded", REVERSE, True),
     "wsgi-patched-reverse": ("wsgi", REVERSE, True),
+    "unix-file-echo": ("unix", ECHO, False),
     "remote-echo": ("remote", GATE, False),
     # Shared memory off: every body, to the largest, travels through ZeroMQ.
     "serve-echo-zeromq": ("serve", ECHO, False),
@@ -362,6 +378,12 @@ def launch(name, directory, workers=2):
     if kind == "serve":
         return Target(name, start_cli(name, handler, directory, *extra),
                       reverse=handler == REVERSE)
+    if kind == "unix":
+        path = directory / "g.sock"
+        target = UnixFileTarget(name, start_cli(name, handler, directory, "--bind",
+                                                "unix:%s" % path), reverse=False)
+        target.url = "unix:%s" % path
+        return target
     server = start_embedded(name, handler, directory, patch, kind == "wsgi", workers, extra)
     if kind != "wsgi":
         return Target(name, server, reverse=handler == REVERSE)

@@ -67,7 +67,7 @@ def test_print_config_renders_a_config_file_that_loads_back(tmp_path):
     ("[::1]:8", ("tcp", ("::1", 8))),
     (":8", ("tcp", ("0.0.0.0", 8))),
     ("unix:/run/g.sock", ("unix", "/run/g.sock")),
-    ("unix:@abstract", ("unix", "@abstract")),
+    ("unix:@abstract", ("unix", "\0abstract")),   # the name as bound: a leading NUL
     ("fd://3", ("fd", 3)),
 ])
 def test_bind_addresses(address, parsed):
