@@ -217,11 +217,13 @@ def kernel_counters():
 
 
 def worker_pids(server, pid):
-    """The worker processes of ``server`` (process ``pid``): gaspar2's are the children of its
-    fork server, which is the producer's only child; asyncio-ppe's pool processes and the
-    other baselines' workers are the server's own children."""
+    """The worker processes of ``server`` (process ``pid``): gaspar2's are the children of the
+    preloaders its fork server (the producer's only child) forks, one per generation;
+    asyncio-ppe's pool processes and the other baselines' workers are the server's own
+    children."""
     if server.split("@")[0] == "gaspar2":
-        return [worker for child in children(pid) for worker in children(child)]
+        return [worker for child in children(pid) for preloader in children(child)
+                for worker in children(preloader)]
     return children(pid)
 
 

@@ -1,9 +1,10 @@
 """Finding the app before any worker is forked, and telling once why a worker cannot start.
 
-The producer never imports the app itself: every worker imports it afresh, so a reload
-(SIGHUP) runs new code. ``probe`` imports it once in a throwaway child process instead,
-before the fork server exists, so a missing module or a misspelt attribute is one clear line
-and exit code 4, not a traceback from every worker.
+The producer never imports the app itself: each generation of workers imports it once, in
+a preloader the fork server forks for it (``preload``), so a reload (SIGHUP) runs new code
+and nothing else does. ``probe`` imports it once in a throwaway child process, before the
+fork server exists, so a missing module or a misspelt attribute is one clear line and exit
+code 4, not a traceback from every worker.
 """
 
 from __future__ import annotations
@@ -113,6 +114,14 @@ def probe(spec: str) -> int:
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     return code if code >= 0 else EXIT_BOOT
+
+
+def preload(spec: str | None) -> None:
+    """Import MODULE of ``spec`` and read ATTR, in a generation's preloader: the workers it
+    forks then find the module in ``sys.modules`` and run the code as it was read here.
+    Nothing to do for an app given as an object (``spec`` None): fork copies it."""
+    if spec is not None:
+        load_target(spec)
 
 
 def find_module(spec: str) -> int:

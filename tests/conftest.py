@@ -126,8 +126,13 @@ class Server:
         assert len(kids) == 1, "expected one fork server, found %r" % kids
         return kids[0]
 
-    def worker_pids(self):
+    def preloaders(self):
+        """The fork server's children: each holds one generation's code and forks its
+        workers."""
         return sorted(children(self.forkserver()))
+
+    def worker_pids(self):
+        return sorted(w for preloader in self.preloaders() for w in children(preloader))
 
     def wait_workers(self, count, exclude=(), timeout=30):
         """Wait until ``count`` workers run, none of them in ``exclude``; return their pids."""

@@ -19,6 +19,7 @@ from gevent.monkey import get_original
 log = logging.getLogger("gaspar2")
 
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def set_title(title: str) -> None:
@@ -39,6 +40,15 @@ def die_with_parent(parent_pid: int) -> None:
         pass        # not Linux: workers still notice through getppid()
     if os.getppid() != parent_pid:
         os._exit(1)
+
+
+def become_subreaper() -> None:
+    """Ask Linux to make this process the parent of its descendants' orphans, so it can
+    reap them (PID 1 may not)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 # glibc's mallopt parameters, and the values workers run with. By default glibc serves a
@@ -95,6 +105,14 @@ def drop_inherited_hub() -> None:
     hub = get_hub_if_exists()
     if hub is not None:
         hub.destroy(destroy_loop=True)
+
+
+def refresh_inherited_hub() -> None:
+    """In a worker forked from a preloader whose import of the app started a gevent hub:
+    reinitialise that hub's loop for this process, as gevent's own fork would."""
+    if get_hub_if_exists() is not None:
+        import gevent
+        gevent.reinit()
 
 
 def ignore_signals(*signals: signal.Signals) -> None:

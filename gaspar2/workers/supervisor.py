@@ -61,6 +61,11 @@ class SupervisorEvents(Protocol):
     def forkserver_gone(self) -> None: ...
 
 
+class Generations(Protocol):
+    def generation(self, number: int) -> None:
+        """Workers spawned from now on are of generation ``number``."""
+
+
 class Clock(Protocol):
     def now(self) -> float: ...
     def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
@@ -106,11 +111,17 @@ class Supervisor:
         self.generation_served = True   # a worker of the newest generation became ready
         self.respawn_timer: Any = None
         self.stopping = False
-        self.generation = 0
+        self.generation = 0             # the generation workers are started in
+        self.newest = 0                 # the last generation started: numbers are never reused
         self.forkserver: Any = None     # ForkServerClient, or a stand-in in tests
+        self.generations: Generations | None = None
 
-    def attach(self, forkserver: Any) -> None:
+    def attach(self, forkserver: Any, generations: Generations | None = None) -> None:
+        """``generations`` (the fork server) is told which generation later spawns are of:
+        it imports each generation's code once, so a respawn runs what its generation
+        loaded."""
         self.forkserver = forkserver
+        self.generations = generations
 
     # -- commands --------------------------------------------------------------------------
 
@@ -157,9 +168,15 @@ class Supervisor:
         given up at its first failure (see ``_give_up_reload``)."""
         if size is not None and size != self.size:
             self._want(size)
-        self.generation += 1
+        self.newest += 1
+        self._switch(self.newest)
         self.generation_served = False
         self.reconcile()
+
+    def _switch(self, generation: int) -> None:
+        self.generation = generation
+        if self.generations is not None:
+            self.generations.generation(generation)
 
     def _want(self, size: int) -> None:
         self.size = size
@@ -290,7 +307,7 @@ class Supervisor:
         serving = [w for w in self.workers.values() if w.ready and not w.retiring]
         if worker.generation != self.generation or self.generation_served or not serving:
             return False
-        self.generation = max(w.generation for w in serving)
+        self._switch(max(w.generation for w in serving))
         self.generation_served = True
         log.error("reload failed: %r %s; the %s of the code before keep serving, "
                   "and nothing more is tried until the next SIGHUP", worker, cause,

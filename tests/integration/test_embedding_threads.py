@@ -79,7 +79,7 @@ def test_readme_flask_example_serves_as_written(tmp_path):
         assert replies == [b"thumbnail of " + name.encode() for name in names]
         assert "gaspar2 producer" not in title(app.pid), "the host process keeps its name"
         family = descendants(app.pid)
-        assert len(family) == 3, "a fork server and two workers: %r" % family
+        assert len(family) == 4, "a fork server, its generation and two workers: %r" % family
     finally:
         app.send_signal(signal.SIGTERM)
         app.wait(30)

@@ -141,7 +141,8 @@ def test_a_worker_stopped_during_a_request_without_a_timeout_is_noticed(serve, t
 def test_term_while_the_workers_start_exits_0_and_leaves_nothing(tmp_path):
     env = dict(os.environ, GASPAR2_SETUP_SECONDS="2")
     server = Server("tests.handlers:SlowStart", ["--workers", "2"], tmp_path / "log", env=env)
-    wait_for(lambda: len(server.descendants()) == 3, message="the fork server and 2 workers")
+    wait_for(lambda: len(server.descendants()) == 4,
+             message="the fork server, a preloader and 2 workers")
     tree = server.descendants()
     ipc = ipc_dir_of(server.pid)
     began = time.monotonic()
@@ -158,7 +159,8 @@ def test_term_while_the_workers_start_exits_0_and_leaves_nothing(tmp_path):
 def test_other_signals_while_starting_take_no_default_action(tmp_path, name):
     env = dict(os.environ, GASPAR2_SETUP_SECONDS="0.5")
     server = Server("tests.handlers:SlowStart", ["--workers", "2"], tmp_path / "log", env=env)
-    wait_for(lambda: len(server.descendants()) == 3, message="the fork server and 2 workers")
+    wait_for(lambda: len(server.descendants()) == 4,
+             message="the fork server, a preloader and 2 workers")
     server.signal(getattr(signal, "SIG" + name))
     server.wait_serving()
     assert client.request(server.url, b"alive", timeout=30) == b"alive"
