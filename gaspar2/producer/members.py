@@ -16,21 +16,38 @@ dropped, and the connections are counted (a socket monitor): one that ZeroMQ acc
 the limit, or while the producer is short of file descriptors, is cut at once. (Unbinding
 the endpoint instead would also drop the workers' connections, and what they had queued.)
 Its listen queue is short, so that ZeroMQ cannot accept many before the count is read.
+
+A message is bounded as a whole while it is read (``BoundedReader``): libzmq hands one over
+only once all its frames are in, and holds them until then, but the producer takes in at
+most ``wire.MAX_FRAMES`` of them and ``wire.message_limit`` bytes, and throws the rest of a
+longer one away a slice per look, so the loop serves its clients in between. What libzmq
+holds before a message is whole is bounded only by who may connect: see README.rst.
+
+A HELLO names an endpoint for the producer to connect to, so it is a claim too. Handshakes
+under way are bounded on their own (``Handshakes``): one per connection and one per
+endpoint at a time, ``HANDSHAKES`` at most, each given up after ``HANDSHAKE_SECONDS``, and
+an endpoint whose handshake was given up is refused for a while; they never hold a joined
+worker's seat. An endpoint must be ``tcp://`` with a numeric address, not a wildcard,
+broadcast or multicast one, and not one of the producer's own listening addresses
+(``refusal``).
 """
 
 from __future__ import annotations
 
+import _socket
 import ipaddress
 import logging
 import os
 import secrets
 import socket
 import urllib.parse
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Generic, TypeVar
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from ..frontend.budget import release_memory
 from ..frontend.fds import FdReserve
 from ..guard import Throttled
 from ..protocol import curve, wire
@@ -42,6 +59,21 @@ CONNECTIONS_PER_WORKER = 2  # a remote worker's two PUSH sockets
 SPARE_CONNECTIONS = 16
 BACKLOG = 32                # the endpoint's listen queue: what ZeroMQ may accept in one burst
 MONITORED = zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED
+RCVHWM = 4                  # whole messages queued per connection: a worker sends one at a time
+DISCARD_SLICE = 4096        # frames taken off the endpoint per look (about 5 ms)
+DISCARD_BYTES = 64 * 2**20  # bytes thrown away per look (freeing them costs about 5 ms)
+TRIM_AFTER = 65536          # frames thrown away, past which freed memory is handed back
+HANDSHAKES = 32             # handshakes under way at once, however many seats there are
+HANDSHAKE_SECONDS = 2.0     # a handshake not complete by then is given up
+REFUSE_FIRST = 30.0         # an endpoint whose handshake was given up is refused this long,
+REFUSE_MOST = 300.0         # twice as long after each further one, up to this
+REMEMBERED = 4096           # endpoints remembered that way, the oldest forgotten first
+RECONNECT_MS = 1000         # a PUSH to a remote worker retries its connection this often
+SRCFD = int(zmq.SRCFD)
+REMOTE_IO = 2               # the ZeroMQ I/O thread of the endpoint and of PUSHes to its workers
+
+Address = tuple[str, int]   # a numeric address as ipaddress writes it, and a port
+T = TypeVar("T")
 
 
 def is_loopback(endpoint: str) -> bool:
@@ -57,6 +89,220 @@ def check_curve_options(secret_key_file: str | None, authorized: str | None) -> 
         raise RuntimeError("CURVE needs both --curve-secret-key and --curve-authorized "
                            "(only %s was given)" % ("--curve-secret-key" if secret_key_file
                                                     else "--curve-authorized"))
+
+
+def parse_endpoint(endpoint: bytes | str) -> Address | None:
+    """``tcp://ADDRESS:PORT`` with a numeric address (IPv6 in brackets), as
+    (address, port); None for anything else, names included: a name would be resolved in
+    ZeroMQ's I/O thread, and could name anything."""
+    text = endpoint.decode("ascii", "replace") if isinstance(endpoint, bytes) else endpoint
+    if not text.startswith("tcp://") or not text.isprintable() or " " in text:
+        return None
+    host, _, port = text[len("tcp://"):].rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return None
+    if not port.isdigit() or not 0 < int(port) < 65536 or len(port) > 5:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return str(address), int(port)
+
+
+def is_local(host: str) -> bool:
+    """Whether ``host`` is an address of this machine (one a socket may bind)."""
+    address = ipaddress.ip_address(host.partition("%")[0])
+    if address.is_loopback:
+        return True
+    family = _socket.AF_INET6 if address.version == 6 else _socket.AF_INET
+    try:
+        probe = _socket.socket(family, _socket.SOCK_DGRAM)
+    except OSError:
+        return False
+    try:
+        probe.bind((host, 0))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def refusal(address: Address, own: Iterable[Address],
+            local: Callable[[str], bool] = is_local) -> str | None:
+    """Why the producer must not connect to ``address`` (from ``parse_endpoint``), or None.
+    ``own`` are the addresses it listens on; one that listens on a wildcard address is
+    reached through every address of this machine."""
+    host, port = address
+    ip = ipaddress.ip_address(host.partition("%")[0])
+    if ip.is_unspecified or ip.is_multicast or ip == ipaddress.IPv4Address("255.255.255.255"):
+        return "a wildcard, broadcast or multicast address"
+    for own_host, own_port in own:
+        if own_port != port:
+            continue
+        if own_host.partition("%")[0] == host.partition("%")[0] or (
+                ipaddress.ip_address(own_host.partition("%")[0]).is_unspecified and local(host)):
+            return "one of this producer's own listening addresses"
+    return None
+
+
+class Handshakes(Generic[T]):
+    """The handshakes under way, each an item (a joining member) under its worker id:
+    ``limit`` at most, one per connection (the descriptor a HELLO came in on), each given up
+    after ``timeout`` seconds. An endpoint whose handshake was given up is refused for
+    ``refuse_first`` seconds, twice as long after each further one (up to ``refuse_most``),
+    until a handshake with it completes. Pure bookkeeping: the caller connects and closes."""
+
+    def __init__(self, limit: int = HANDSHAKES, timeout: float = HANDSHAKE_SECONDS,
+                 refuse_first: float = REFUSE_FIRST, refuse_most: float = REFUSE_MOST,
+                 remembered: int = REMEMBERED):
+        self.limit = limit
+        self.timeout = timeout
+        self.refuse_first = refuse_first
+        self.refuse_most = refuse_most
+        self.remembered = remembered
+        self.items: dict[int, tuple[int, Address, float, T]] = {}  # id -> source, address, since
+        self.sources: dict[int, int] = {}                          # source -> id
+        self.failed: dict[Address, tuple[float, float]] = {}       # -> refused until, for how long
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def get(self, worker_id: int) -> T | None:
+        entry = self.items.get(worker_id)
+        return None if entry is None else entry[3]
+
+    def refusal(self, source: int, address: Address, now: float) -> str | None:
+        """Why a handshake from ``source`` with ``address`` may not start now, or None."""
+        failed = self.failed.get(address)
+        if failed is not None and failed[0] > now:
+            return "an endpoint whose last handshake did not complete (refused %.0f s more)" % (
+                failed[0] - now)
+        if source in self.sources:
+            return "a second HELLO from one connection while its first is in a handshake"
+        if len(self.items) >= self.limit:
+            return "a HELLO while %d handshakes are under way" % len(self.items)
+        return None
+
+    def start(self, worker_id: int, source: int, address: Address, now: float, item: T) -> None:
+        self.items[worker_id] = (source, address, now, item)
+        self.sources[source] = worker_id
+
+    def complete(self, worker_id: int) -> T | None:
+        """The handshake of ``worker_id`` done: its item, and its endpoint in good standing."""
+        entry = self._remove(worker_id)
+        if entry is None:
+            return None
+        self.failed.pop(entry[1], None)
+        return entry[3]
+
+    def cancel(self, worker_id: int) -> T | None:
+        entry = self._remove(worker_id)
+        return None if entry is None else entry[3]
+
+    def expire(self, now: float) -> list[tuple[Address, float, T]]:
+        """Give up the handshakes older than ``timeout``: their (address, how long it will be
+        refused, item)."""
+        gone = []
+        for worker_id, (_source, address, since, _item) in list(self.items.items()):
+            if now - since >= self.timeout:
+                item = self.cancel(worker_id)
+                assert item is not None
+                gone.append((address, self._failed(address, now), item))
+        return gone
+
+    def _failed(self, address: Address, now: float) -> float:
+        last = self.failed.pop(address, None)
+        refuse = self.refuse_first if last is None else min(2 * last[1], self.refuse_most)
+        self.failed[address] = (now + refuse, refuse)     # the newest last
+        while len(self.failed) > self.remembered:
+            del self.failed[next(iter(self.failed))]
+        return refuse
+
+    def _remove(self, worker_id: int) -> tuple[int, Address, float, T] | None:
+        entry = self.items.pop(worker_id, None)
+        if entry is not None and self.sources.get(entry[0]) == worker_id:
+            del self.sources[entry[0]]
+        return entry
+
+
+class BoundedReader:
+    """Reads the remote endpoint a frame at a time, so that a message is bounded as a whole
+    (``wire.MAX_FRAMES`` frames, ``max_bytes``) before all its frames are taken in; the rest
+    of one past the bounds is thrown away, at most ``DISCARD_SLICE`` frames (and about
+    ``DISCARD_BYTES``) per look (a look is one wake-up of the sink; ``look`` starts one)."""
+
+    def __init__(self, sock: zmq.SyncSocket, max_bytes: int, logger: Throttled):
+        self.sock = sock
+        self.max_bytes = max_bytes
+        self.throttled = logger
+        self.left = DISCARD_SLICE       # frames this look may still take
+        self.discarding = False         # in the middle of a message past the bounds
+        self.thrown = self.thrown_bytes = 0
+        self.trim = False               # a long message was thrown away: hand memory back
+
+    def look(self) -> None:
+        self.left = DISCARD_SLICE
+
+    def read(self) -> list[zmq.Frame] | None:
+        """The next message, whole; None when no message is waiting, or when this look's
+        slice is spent (``discarding`` then says more is waiting). A message past the
+        bounds raises ``wire.BadMessage`` as soon as it is; its rest is thrown away by this
+        call and the next ones."""
+        if self.discarding and not self._discard():
+            return None
+        sock = self.sock
+        try:
+            frame = sock.recv(wire.NOBLOCK, copy=False)
+        except zmq.Again:
+            return None
+        frames = [frame]
+        size = len(frame)
+        while frame.more:
+            if len(frames) >= wire.MAX_FRAMES or size > self.max_bytes:
+                self.left -= len(frames)
+                self.discarding = True
+                self.thrown, self.thrown_bytes = len(frames), size
+                raise wire.BadMessage("a message of more than %d frames or %d bytes (thrown "
+                                      "away as it is read)" % (wire.MAX_FRAMES, self.max_bytes))
+            frame = sock.recv(wire.NOBLOCK, copy=False)
+            frames.append(frame)
+            size += len(frame)
+        self.left -= len(frames)
+        if size > self.max_bytes:
+            raise wire.BadMessage("a message of %d bytes, over %d" % (size, self.max_bytes))
+        return frames
+
+    def _discard(self) -> bool:
+        """Throw away what this look's slice allows of the message past the bounds; True
+        once all of it is gone. ZeroMQ delivers a message whole, so its rest is waiting."""
+        sock, left, size = self.sock, self.left, 0
+        ended = False
+        while left > 0 and size < DISCARD_BYTES:
+            try:
+                frame = sock.recv(wire.NOBLOCK, copy=False)
+            except zmq.Again:
+                ended = True
+                break
+            left -= 1
+            size += len(frame)
+            if not frame.more:
+                ended = True
+                break
+        self.thrown += self.left - left
+        self.thrown_bytes += size
+        self.left = left
+        if ended:
+            self.discarding = False
+            self.trim = self.trim or self.thrown >= TRIM_AFTER or self.thrown_bytes > self.max_bytes
+            self.throttled.log(logging.WARNING, "thrown", "remote endpoint: threw away a message "
+                               "of %d frames, %d bytes", self.thrown, self.thrown_bytes)
+        return ended
 
 
 class RemoteSink:
@@ -88,6 +334,8 @@ class RemoteSink:
                         endpoint)
         self.sock = ctx.socket(zmq.PULL)
         wire.limit_peer(self.sock, max_message_size)
+        self.sock.rcvhwm = RCVHWM
+        self.sock.affinity = REMOTE_IO
         self.sock.backlog = BACKLOG
         self.sock.heartbeat_ivl = PING_MS
         self.sock.heartbeat_timeout = 3 * PING_MS
@@ -101,6 +349,9 @@ class RemoteSink:
                                % (endpoint, exc)) from exc
         self.endpoint = self.sock.get_string(zmq.LAST_ENDPOINT)
         self.port = int(self.endpoint.rpartition(":")[2])
+        self.address = parse_endpoint(self.endpoint)
+        self.reader = BoundedReader(self.sock, wire.message_limit(max_message_size),
+                                    self.throttled)
 
     @property
     def curve(self) -> bool:
@@ -111,6 +362,8 @@ class RemoteSink:
         """A PUSH to a remote worker that said HELLO from ``endpoint``."""
         push = ctx.socket(zmq.PUSH)
         wire.limit_peer(push, self.max_message_size)
+        push.reconnect_ivl = RECONNECT_MS       # a handful of tries while a handshake lasts
+        push.affinity = REMOTE_IO
         curve.make_client(push, self.keys, worker_key)
         push.connect(endpoint)
         return push
@@ -161,11 +414,12 @@ class RemoteMember:
     ready = True
     lifetime = None
 
-    def __init__(self, worker_id: int, pid: int, endpoint: str, key: bytes,
+    def __init__(self, worker_id: int, pid: int, endpoint: str, address: Address, key: bytes,
                  push: zmq.SyncSocket, now: float):
         self.id = worker_id
         self.pid = pid
-        self.endpoint = endpoint
+        self.endpoint = endpoint        # as it said it (checked by parse_endpoint)
+        self.address = address
         self.key = key
         self.push = push
         self.token = secrets.randbits(64) | 1
@@ -176,54 +430,108 @@ class RemoteMember:
         return "worker %x (remote pid %s)" % (self.id, self.pid)
 
 
+def source_of(frame: zmq.Frame | bytes) -> int:
+    """The descriptor of the connection a message came in on (ZeroMQ's ``SRCFD``); -1 when
+    it is not known."""
+    try:
+        return int(frame.get(SRCFD))  # type: ignore[union-attr]
+    except (zmq.ZMQError, AttributeError, TypeError, ValueError):
+        return -1
+
+
+def address_of(sock: Any) -> Address | None:
+    """What a listening socket is bound to, as ``parse_endpoint`` writes it."""
+    try:
+        name = sock.getsockname()
+        host = ipaddress.ip_address(name[0])
+    except (OSError, AttributeError, TypeError, ValueError, IndexError):
+        return None     # a unix socket, or closed
+    if isinstance(host, ipaddress.IPv6Address) and host.ipv4_mapped is not None:
+        host = host.ipv4_mapped
+    return str(host), int(name[1])
+
+
 class RemoteMembers:
-    """Who has joined through the remote sink; reports joins and losses like a supervisor."""
+    """Who has joined through the remote sink, and who is joining; reports joins and losses
+    like a supervisor."""
 
     def __init__(self, events: Any, ctx: zmq.SyncContext, sink: RemoteSink, heartbeat: float,
-                 max_workers: int = 256, max_reply_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE):
+                 max_workers: int = 256, max_reply_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE,
+                 listening: Callable[[], Iterable[Any]] | None = None):
         self.events = events            # worker_ready(member), worker_lost(member, ...)
         self.ctx = ctx
         self.sink = sink
         self.heartbeat = heartbeat
         self.max_workers = max_workers
         self.max_reply_size = max_reply_size
-        self.members: dict[int, RemoteMember] = {}
+        self.listening = listening      # the producer's other listening sockets
+        self.members: dict[int, RemoteMember] = {}      # joined
+        self.handshakes: Handshakes[RemoteMember] = Handshakes(max(1, min(HANDSHAKES,
+                                                                          max_workers)))
+        self.endpoints: dict[Address, int] = {}          # joined or joining: whose
         self.throttled = Throttled(log)
 
     def hello(self, message: wire.Message, user_id: str | None, now: float) -> None:
-        """A HELLO: welcome a newcomer, or refresh one that already said it."""
+        """A HELLO: start a handshake with a newcomer, or welcome again one that said it."""
         if len(message.frames) != 3 or message.worker_id < wire.REMOTE_ID_MIN:
             self._refuse("a HELLO without an endpoint, or with a local worker's id")
             return
-        endpoint = wire.frame_bytes(message.frames[1]).decode()
+        endpoint = wire.frame_bytes(message.frames[1])
         key = wire.frame_bytes(message.frames[2])
         if self.sink.curve and user_id != key.decode():
             self._refuse("a HELLO whose key is not the one it authenticated with")
             return
-        member = self.members.get(message.worker_id)
+        worker_id = message.worker_id
+        member = self.members.get(worker_id) or self.handshakes.get(worker_id)
         if member is not None:
-            if (member.endpoint, member.key) == (endpoint, key):
-                member.heard = now      # it had not heard from us: welcome it again
+            if (member.endpoint, member.key) == (endpoint.decode(), key):
+                if member.joined:
+                    member.heard = now  # it had not heard from us: welcome it again
                 self._welcome(member)
             else:
-                self._refuse("a HELLO for a joined worker from another endpoint or key")
+                self._refuse("a HELLO for a known worker from another endpoint or key")
             return
         if len(self.members) >= self.max_workers:
             self._refuse("a HELLO past max_remote_workers (%d)" % self.max_workers)
             return
-        self._admit(message.worker_id, message.field, endpoint, key, now)
+        address = parse_endpoint(endpoint)
+        if address is None:
+            self._refuse("a HELLO naming %r: not tcp:// with a numeric address" % endpoint[:64])
+            return
+        why = (self.handshakes.refusal(source_of(message.frames[0]), address, now)
+               or ("an endpoint already joined or in a handshake" if address in self.endpoints
+                   else None)
+               or refusal(address, self._own()))
+        if why is not None:
+            self._refuse("a HELLO naming %r: %s" % (endpoint.decode(), why))
+            return
+        self._admit(worker_id, message.field, endpoint.decode(), address, key,
+                    source_of(message.frames[0]), now)
 
-    def _admit(self, worker_id: int, pid: int, endpoint: str, key: bytes, now: float) -> None:
+    def _own(self) -> list[Address]:
+        """Every address this producer listens on."""
+        own = [self.sink.address] if self.sink.address is not None else []
+        for sock in self.listening() if self.listening is not None else ():
+            address = address_of(sock)
+            if address is not None:
+                own.append(address)
+        return own
+
+    def _admit(self, worker_id: int, pid: int, endpoint: str, address: Address, key: bytes,
+               source: int, now: float) -> None:
         if self.sink.fds is not None and self.sink.fds.short():
             self._refuse("a HELLO while short of file descriptors (it will say it again)")
             return
+        host, port = address
         try:
-            push = self.sink.connect_worker(self.ctx, endpoint, key)
+            push = self.sink.connect_worker(
+                self.ctx, "tcp://%s:%d" % ("[%s]" % host if ":" in host else host, port), key)
         except zmq.ZMQError as exc:
             self._refuse("a HELLO from %s: %s (it will say it again)" % (endpoint, exc))
             return
-        member = RemoteMember(worker_id, pid, endpoint, key, push, now)
-        self.members[worker_id] = member
+        member = RemoteMember(worker_id, pid, endpoint, address, key, push, now)
+        self.handshakes.start(worker_id, source, address, now, member)
+        self.endpoints[address] = worker_id
         self._welcome(member)
 
     def _welcome(self, member: RemoteMember) -> None:
@@ -238,35 +546,64 @@ class RemoteMembers:
 
     def authentic(self, message: wire.Message, user_id: str | None, now: float) -> bool:
         """Whether ``message`` comes from the joined (or joining) worker it names. The first
-        one from a member that said HELLO completes its join."""
+        one from a member in a handshake completes its join."""
         member = self.members.get(message.worker_id)
-        if member is None or member.token != message.token:
+        if member is None:
+            member = self.handshakes.get(message.worker_id)
+            if member is None or member.token != message.token:
+                return False
+            if self.sink.curve and user_id != member.key.decode():
+                return False
+            return self._join(member, now)
+        if member.token != message.token:
             return False
         if self.sink.curve and user_id != member.key.decode():
             return False
         member.heard = now
-        if not member.joined:
-            member.joined = True
-            log.info("remote %r joined from %s", member, member.endpoint)
-            self.events.worker_ready(member)
         return True
 
+    def _join(self, member: RemoteMember, now: float) -> bool:
+        if len(self.members) >= self.max_workers:
+            self.handshakes.cancel(member.id)
+            self._forget(member)
+            self._refuse("a join past max_remote_workers (%d)" % self.max_workers)
+            return False
+        self.handshakes.complete(member.id)
+        member.joined = True
+        member.heard = now
+        self.members[member.id] = member
+        log.info("remote %r joined from %s", member, member.endpoint)
+        self.events.worker_ready(member)
+        return True
+
+    def _forget(self, member: RemoteMember) -> None:
+        if self.endpoints.get(member.address) == member.id:
+            del self.endpoints[member.address]
+        member.push.close()
+
     def check(self, now: float) -> None:
-        """Ping members; drop those silent for ``MISSED_BEATS`` heartbeats."""
+        """Give up stale handshakes; ping members; drop those silent for ``MISSED_BEATS``
+        heartbeats; hand back the memory a long hostile message left."""
+        for _address, refused, member in self.handshakes.expire(now):
+            self._forget(member)
+            self.throttled.log(logging.WARNING, "given up", "remote endpoint: no answer from "
+                               "%s within %.0f s of its HELLO: refusing it for %.0f s",
+                               member.endpoint, self.handshakes.timeout, refused)
         for member in list(self.members.values()):
             if now - member.heard > wire.MISSED_BEATS * self.heartbeat:
                 del self.members[member.id]
-                if member.joined:
-                    cause = "missed %d heartbeats (%.1f s)" % (wire.MISSED_BEATS,
-                                                              now - member.heard)
-                    self.events.worker_lost(member, cause, "heartbeat", None)
-                member.push.close()
-            elif member.joined and now - member.pinged >= self.heartbeat:
+                cause = "missed %d heartbeats (%.1f s)" % (wire.MISSED_BEATS, now - member.heard)
+                self.events.worker_lost(member, cause, "heartbeat", None)
+                self._forget(member)
+            elif now - member.pinged >= self.heartbeat:
                 member.pinged = now
                 try:
                     wire.send_batch(member.push, [], [])       # an empty batch: a ping
                 except zmq.Again:
                     pass
+        if self.sink.reader.trim:
+            self.sink.reader.trim = False
+            release_memory()
 
     def ready_count(self) -> int:
-        return sum(1 for member in self.members.values() if member.joined)
+        return len(self.members)

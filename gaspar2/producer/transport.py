@@ -26,6 +26,9 @@ from .members import RemoteSink
 log = logging.getLogger("gaspar2")
 
 RECONNECT_MS = 10           # the sink's retry while a new worker has not bound yet
+# ZeroMQ's I/O threads: the local workers' sockets on one, the remote endpoint's on the
+# other, so that a peer flooding the endpoint does not delay the local workers' traffic.
+IO_THREADS, LOCAL_IO = 2, 1
 # pyzmq's own send, under the Python-level wrapper that adds nothing a batch uses.
 SEND = zmq.backend.Socket.send
 
@@ -38,11 +41,14 @@ class Transport:
         self.ipc_dir = ipc_dir
         self.max_message_size = max_message_size
         self.ctx = zmq.Context()
+        self.ctx.io_threads = IO_THREADS
         self.watchers: list[Any] = []
         self.pushes: dict[int, zmq.SyncSocket] = {}    # local worker id -> its PUSH socket
         self.remote: RemoteSink | None = None
+        self.remote_again: Any = None   # a timer: the remote sink's next look
         self.sink = self.ctx.socket(zmq.PULL)
         self.sink.reconnect_ivl = RECONNECT_MS
+        self.sink.affinity = LOCAL_IO
         self.sink.maxmsgsize = max_message_size + wire.HEADROOM
         self._watch(self.sink, on_sink)
 
@@ -54,6 +60,19 @@ class Transport:
         remote = self.remote
         self._watch(remote.monitor, guarded(lambda sock: remote.read_monitor()))
         return remote
+
+    def look_again(self, sock: zmq.SyncSocket) -> None:
+        """Drain ``sock`` again soon, more being waiting: the local sink from a callback in
+        this iteration of the loop; the remote sink in the next iteration, once the loop has
+        polled its other watchers (gevent runs up to 50 callbacks before it polls), so that
+        a long hostile message is thrown away between their turns."""
+        if sock is self.sink:
+            self.loop.run_callback(self.on_sink, sock)
+            return
+        if self.remote_again is None:
+            self.remote_again = self.loop.timer(0.0)
+        if not self.remote_again.active:
+            self.remote_again.start(self.on_sink, sock)
 
     def _watch(self, sock: zmq.SyncSocket, callback: Callable[[zmq.SyncSocket], None]) -> None:
         sock.linger = 0
@@ -73,6 +92,7 @@ class Transport:
         """A PUSH to a ready local worker; raises zmq.ZMQError when no file is left for it."""
         push = self.ctx.socket(zmq.PUSH)
         push.linger = 0
+        push.affinity = LOCAL_IO
         push.connect(wire.worker_endpoint(self.ipc_dir, worker_id))
         self.pushes[worker_id] = push
         return sender(push, local=True)
@@ -89,6 +109,8 @@ class Transport:
     def close(self) -> None:
         for watcher in self.watchers:
             watcher.stop()
+        if self.remote_again is not None:
+            self.remote_again.stop()
         if self.remote is not None:
             self.remote.close()
         self.ctx.destroy(linger=0)

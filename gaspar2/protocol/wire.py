@@ -65,6 +65,15 @@ MISSED_BEATS = 3    # a remote worker silent for this many heartbeat intervals i
 REMOTE_ID_MIN = 1 << 32     # remote worker ids are at least this; local ones are small
 HEADROOM = 64 * 1024        # a message may exceed max_message_size by its head
 HANDSHAKE_MS = 5000         # a connection that has not completed its handshake by then is cut
+MAX_FRAMES = max(max(counts) for counts in FRAME_COUNTS.values())  # of any worker message
+FIELDS_ROOM = 1024          # a head, or a HELLO's endpoint and key, besides the largest frame
+
+
+def message_limit(max_message_size: int) -> int:
+    """The most bytes a worker message has in all its frames together: its largest frame
+    (ZeroMQ refuses one over ``max_message_size + HEADROOM``) and a head or a HELLO's fields."""
+    return max_message_size + HEADROOM + FIELDS_ROOM
+
 
 # Plain ints: pyzmq's enum flags cost a Python-level operation on every call.
 SNDMORE, NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)

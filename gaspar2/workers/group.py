@@ -66,7 +66,8 @@ class RemoteWorker(Worker):
             self.auth = curve.start_authenticator(ctx, curve.KeyRing([self.server_key], "producer"))
         curve.make_server(self.pull, self.keys)
         port = self.pull.bind_to_random_port("tcp://%s" % self.listen_host)
-        self.endpoint = "tcp://%s:%d" % (self.advertise_host, port)
+        host = self.advertise_host
+        self.endpoint = "tcp://%s:%d" % ("[%s]" % host if ":" in host else host, port)
         self.push = self._pusher(ctx)
         self.watch_push = self._pusher(ctx)
         self._hello()
@@ -107,7 +108,8 @@ class RemoteWorker(Worker):
         has been silent too long."""
         while True:
             self.welcomed.acquire(True, self.heartbeat)
-            self.watch_push.send(self._head(wire.HEARTBEAT))
+            if self.token:          # welcomed: a heartbeat before that would be dropped
+                self.watch_push.send(self._head(wire.HEARTBEAT))
             if time.monotonic() - self.contact > wire.MISSED_BEATS * self.heartbeat:
                 self._hello()
 
@@ -194,7 +196,7 @@ def serve_group(spec: str, connect: str, workers: int, listen_host: str,
     """Keep ``workers`` remote worker processes running for the producer at ``connect``."""
     keys = curve.load_secret(secret_key_file) if secret_key_file else None
     server_key = curve.load_public_keys(server_key_file)[0] if server_key_file else None
-    advertise = advertise_host or route_address(connect)
+    advertise = numeric(advertise_host) if advertise_host else route_address(connect)
 
     def make_worker(leader: int) -> RemoteWorker:
         return RemoteWorker(lambda: as_consumer(spec), connect, listen_host, advertise,
@@ -203,6 +205,14 @@ def serve_group(spec: str, connect: str, workers: int, listen_host: str,
     log.info("joining %s", connect)
     pin_malloc()
     return WorkerGroup(spec, workers, make_worker).run()
+
+
+def numeric(host: str) -> str:
+    """``host`` as a numeric address: a producer connects to no name a HELLO gives."""
+    try:
+        return str(socket.getaddrinfo(host.strip("[]"), None, type=socket.SOCK_STREAM)[0][4][0])
+    except (OSError, IndexError) as exc:
+        raise RuntimeError("cannot resolve --advertise %s: %s" % (host, exc)) from exc
 
 
 def route_address(endpoint: str) -> str:

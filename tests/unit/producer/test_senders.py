@@ -42,6 +42,7 @@ class Request:
 
     def __init__(self, request_id):
         self.request_id, self.payload, self.closed = request_id, b"p", False
+        self.size_in = len(self.payload)
 
 
 class Push:
@@ -57,7 +58,7 @@ class Push:
 
 class Sink:
     def __init__(self, curve):
-        self.curve, self.fds = curve, None
+        self.curve, self.fds, self.address = curve, None, ("127.0.0.1", 1)
 
     def connect_worker(self, ctx, endpoint, key):
         return Push()
@@ -87,9 +88,10 @@ def message(kind, worker_id, token, field, body=b"body"):
 
 def join(pipe, worker_id, key=KEY_A, user_id=KEY_A):
     head = wire.encode_head(wire.HELLO, worker_id, 0, 99)
-    hello = wire.decode([zmq.Frame(head), zmq.Frame(b"tcp://h:1"), zmq.Frame(key.encode())])
+    hello = wire.decode([zmq.Frame(head), zmq.Frame(b"tcp://10.0.0.1:%d" % (worker_id % 60000 + 1)),
+                         zmq.Frame(key.encode())])
     pipe._act_on(hello, False, user_id)
-    member = pipe.remote.members[worker_id]
+    member = pipe.remote.handshakes.get(worker_id)
     beat = wire.decode([zmq.Frame(wire.encode_head(wire.HEARTBEAT, worker_id, member.token))])
     pipe._act_on(beat, False, user_id)
     return member
@@ -110,13 +112,14 @@ def test_a_remote_worker_joins_only_once_it_answers_its_welcome():
     pipe = pipeline(remote_curve=False)
     worker_id = REMOTE_ID_MIN + 5
     head = wire.encode_head(wire.HELLO, worker_id, 0, 99)
-    hello = wire.decode([zmq.Frame(head), zmq.Frame(b"tcp://h:1"), zmq.Frame(b"")])
+    hello = wire.decode([zmq.Frame(head), zmq.Frame(b"tcp://10.0.0.1:1"), zmq.Frame(b"")])
     pipe._act_on(hello, False, None)
-    member = pipe.remote.members[worker_id]
+    member = pipe.remote.handshakes.get(worker_id)
     assert not member.joined and worker_id not in pipe.dispatcher.seats
+    assert not pipe.remote.members                      # joining holds no seat
     assert wire.decode_welcome([wire.WELCOME, member.push.sent[-1]])[0] == member.token
     pipe._act_on(hello, False, None)                    # again: the same member, welcomed again
-    assert list(pipe.remote.members) == [worker_id] and len(member.push.sent) == 4
+    assert len(pipe.remote.handshakes) == 1 and len(member.push.sent) == 4
     wrong = wire.decode([zmq.Frame(wire.encode_head(wire.HEARTBEAT, worker_id, member.token ^ 1))])
     pipe._act_on(wrong, False, None)
     assert not member.joined
@@ -128,14 +131,17 @@ def test_a_remote_worker_joins_only_once_it_answers_its_welcome():
 def test_remote_ids_cannot_be_local_ones_and_joins_are_capped():
     pipe = pipeline(remote_curve=False)
     head = wire.encode_head(wire.HELLO, 1, 0, 99)
-    pipe._act_on(wire.decode([zmq.Frame(head), zmq.Frame(b"tcp://h:1"), zmq.Frame(b"")]),
+    pipe._act_on(wire.decode([zmq.Frame(head), zmq.Frame(b"tcp://10.0.0.1:1"), zmq.Frame(b"")]),
                  False, None)
-    assert not pipe.remote.members
+    assert not pipe.remote.members and not len(pipe.remote.handshakes)
     for n in range(10):
-        head = wire.encode_head(wire.HELLO, REMOTE_ID_MIN + n, 0, 99)
-        pipe._act_on(wire.decode([zmq.Frame(head), zmq.Frame(b"tcp://h:%d" % n),
-                                  zmq.Frame(b"")]), False, None)
-    assert len(pipe.remote.members) == 4
+        if len(pipe.remote.members) < 4:
+            join(pipe, REMOTE_ID_MIN + n, "", None)
+        else:
+            head = wire.encode_head(wire.HELLO, REMOTE_ID_MIN + n, 0, 99)
+            pipe._act_on(wire.decode([zmq.Frame(head), zmq.Frame(b"tcp://10.0.0.2:%d" % (n + 1)),
+                                      zmq.Frame(b"")]), False, None)
+    assert len(pipe.remote.members) == 4 and not len(pipe.remote.handshakes)
 
 
 def test_with_curve_a_member_speaks_only_from_the_key_it_joined_with():
@@ -148,9 +154,10 @@ def test_with_curve_a_member_speaks_only_from_the_key_it_joined_with():
     pipe._act_on(message(wire.REPLY, member.id, member.token, 10, b"real"), False, KEY_A)
     assert pipe.frontend.answers == [(10, b"real")]
     head = wire.encode_head(wire.HELLO, REMOTE_ID_MIN + 2, 0, 99)
-    lying = [zmq.Frame(head), zmq.Frame(b"tcp://h:2"), zmq.Frame(KEY_A.encode())]
+    lying = [zmq.Frame(head), zmq.Frame(b"tcp://10.0.0.1:2"), zmq.Frame(KEY_A.encode())]
     pipe._act_on(wire.decode(lying), False, KEY_B)      # claims a key it did not use
     assert REMOTE_ID_MIN + 2 not in pipe.remote.members
+    assert pipe.remote.handshakes.get(REMOTE_ID_MIN + 2) is None
 
 
 senders = st.sampled_from(["local", "local_forged", "remote", "remote_forged", "remote_other"])
