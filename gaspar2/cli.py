@@ -20,7 +20,7 @@ from .consumer import as_consumer, reply_bytes
 from .frontend import listeners
 from .loading import EXIT_BOOT, EXIT_USAGE, find_module, probe, resolve
 from .producer.lifecycle import Producer, WorkerBootError
-from .protocol.curve import generate_keys
+from .protocol.curve import KeyFileError, generate_keys
 from .workers.group import serve_group
 
 log = logging.getLogger("gaspar2")
@@ -293,9 +293,13 @@ def worker(args: argparse.Namespace) -> int:
     code = prepare("worker", values, args.target)
     if code:
         return code
-    return serve_group(args.target, args.connect, args.workers, args.listen, args.advertise,
-                       args.curve_secret_key, args.curve_server_key, values.heartbeat,
-                       values.max_message_size)
+    try:
+        return serve_group(args.target, args.connect, args.workers, args.listen,
+                           args.advertise, args.curve_secret_key, args.curve_server_key,
+                           values.heartbeat, values.max_message_size)
+    except KeyFileError as exc:
+        log.error("cannot join %s: %s", args.connect, exc)
+        return 1
 
 
 def keys(args: argparse.Namespace) -> int:

@@ -102,6 +102,16 @@ def counted(number: int, noun: str) -> str:
     return "%d %s%s" % (number, noun, "" if number == 1 else "s")
 
 
+def escaped(data: bytes | bytearray | memoryview, limit: int = 64) -> str:
+    """What a peer sent, fit for one log line: escaped as ``repr`` escapes bytes (so no
+    newline, terminal control sequence or invalid UTF-8 reaches the log as such), at most
+    ``limit`` bytes of it, followed by how long it was when that is more."""
+    text = repr(bytes(data[:limit]))
+    if len(data) > limit:
+        text += "... (%d bytes)" % len(data)
+    return text
+
+
 def configure(level: str = "info", shape: str = "text", error_logfile: str | None = None,
               access_logfile: str | None = None) -> None:
     """Set up the root logger (the error log) and, when ``access_logfile`` is given, the

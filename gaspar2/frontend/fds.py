@@ -47,6 +47,12 @@ class FdReserve:
         self.open = max(count(), 0)
         self.counted_at = 0.0
 
+    def set_aside(self, n: int) -> None:
+        """Reserve ``n`` more, for a server started later whose share depends on the limit
+        then in force (the metrics port)."""
+        self.wanted += n
+        self.reserve = min(self.wanted, self.limit // 2)
+
     def opened(self, n: int = 1) -> None:
         self.open += n
 

@@ -2,7 +2,12 @@
 ``fd://N``, or the sockets systemd passed (socket activation).
 
 A unix socket's file is created with ``unix_socket_mode``; a stale one (a socket file nobody
-listens on) is removed first, and the file is removed when the producer stops. A unix
+listens on) is removed first, and the file is removed when the producer stops. An abstract
+socket (``unix:@NAME``) has no file and so no permissions: the kernel lets any local user
+connect. The same mode is applied to it by hand instead: each peer's credentials
+(``SO_PEERCRED``, and its groups with ``SO_PEERGROUPS``) are checked against the mode's
+owner, group and other bits, as the kernel checks a socket file's write bit, and a peer the
+mode does not admit is closed unserved (``PeerRule``). A unix
 connection cannot be reset the way a TCP one is, but Linux tells its peer ECONNRESET when it
 is closed with bytes left unread: so the last byte of every request frame read from a unix
 socket is only peeked at (``HeldBackReader``), taken after a reply is written in full, and
@@ -17,8 +22,10 @@ import os
 import socket
 import stat
 import struct
+from collections.abc import Callable
 from typing import Any
 
+from ..guard import Throttled
 from ..protocol import wire
 from ..settings import host_port
 from . import frames
@@ -29,6 +36,64 @@ log = logging.getLogger("gaspar2")
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a RST
 FIN_ON_CLOSE = struct.pack("ii", 0, 0)       # SO_LINGER off: close() ends in order
 PEEK = DONTWAIT | socket.MSG_PEEK
+CREDENTIALS = struct.Struct("3i")                       # pid, uid, gid
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)    # Linux 4.13
+MAX_GROUPS = 1024
+
+
+def admits(mode: int, uid: int, gid: int, peer_uid: int, peer_gids: tuple[int, ...] | list[int],
+           ) -> bool:
+    """Whether a peer may connect to a socket of ``mode`` owned by ``uid``:``gid``, by the
+    rule the kernel applies to a socket file's write bits: the owner's bit for the owner, the
+    group's for a member of the group (primary or supplementary), the others' for the rest;
+    root always."""
+    if peer_uid == 0:
+        return True
+    if peer_uid == uid:
+        return bool(mode & 0o200)
+    if gid in peer_gids:
+        return bool(mode & 0o020)
+    return bool(mode & 0o002)
+
+
+class PeerRule:
+    """``unix_socket_mode`` applied to an abstract socket's peers (see the module's
+    docstring); the owner and group are this process's effective ones."""
+
+    def __init__(self, mode: int, label: str):
+        self.mode = mode
+        self.label = label
+        self.uid, self.gid = os.geteuid(), os.getegid()
+        self.refused = 0
+        self.throttled = Throttled(log)
+
+    def __call__(self, sock: Any) -> bool:
+        """True if the peer may stay; else the connection is closed here."""
+        try:
+            _, uid, gid = CREDENTIALS.unpack(sock.getsockopt(
+                socket.SOL_SOCKET, socket.SO_PEERCRED, CREDENTIALS.size))
+            gids = [gid]
+            if uid not in (0, self.uid) and gid != self.gid and self.mode & 0o020:
+                gids += peer_groups(sock)
+        except OSError:
+            uid, gids = -1, []
+        if admits(self.mode, self.uid, self.gid, uid, gids):
+            return True
+        self.refused += 1
+        self.throttled.log(logging.WARNING, "refused", "%s: refused a peer with uid %d: "
+                           "--unix-socket-mode %o does not admit it (%d refused so far)",
+                           self.label, uid, self.mode, self.refused)
+        sock.close()
+        return False
+
+
+def peer_groups(sock: Any) -> list[int]:
+    """The peer's supplementary groups, as they were when it connected."""
+    try:
+        data = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, 4 * MAX_GROUPS)
+    except OSError:
+        return []
+    return list(struct.unpack("%dI" % (len(data) // 4), data[:len(data) // 4 * 4]))
 
 
 class Listener:
@@ -41,6 +106,8 @@ class Listener:
         self.unix = sock.family == socket.AF_UNIX
         self.path = path            # a unix socket's file, removed on close
         self.identity = file_identity(path) if path else None
+        # Called on each accepted socket: False when it closed it (an abstract socket's rule).
+        self.admit: Callable[[Any], bool] | None = None
 
     def reader(self, max_size: int) -> Any:
         return HeldBackReader(max_size) if self.unix else frames.FrameReader(max_size)
@@ -170,7 +237,9 @@ def open_unix(path: str, backlog: int, unix_mode: int) -> Listener:
     try:
         if abstract:
             sock.bind(path)
-            return prepare(sock, backlog, None)
+            listener = prepare(sock, backlog, None)
+            listener.admit = PeerRule(unix_mode, listener.label)
+            return listener
         old = os.umask(0o777 & ~unix_mode)
         try:
             sock.bind(path)
@@ -208,8 +277,10 @@ class HeldBackReader(frames.FrameReader):
 
     __slots__ = ()
 
-    def read_from(self, sock: Any, allowance: int = frames.READ_SLICE) -> bool:
-        if self.length < 0 and not self._read_header(sock):
+    def read_from(self, sock: Any, allowance: int = frames.READ_SLICE,
+                  room: int = frames.UNLIMITED) -> bool:
+        self.ceiling = self.capacity + room
+        if self.length < 0 and not self._read_header(sock, allowance):
             return False
         if self.payload is not None:
             return True         # empty: the header's last byte is the one held back
@@ -225,7 +296,7 @@ class HeldBackReader(frames.FrameReader):
         self.payload, self.buffer = self.buffer, None
         return True
 
-    def _read_header(self, sock: Any) -> bool:
+    def _read_header(self, sock: Any, allowance: int) -> bool:
         size = wire.HEADER.size
         while len(self.header) < size - 1:
             data = sock.recv(size - 1 - len(self.header), DONTWAIT)

@@ -34,7 +34,8 @@ class Exposure:
         if s.metrics or s.access_log:
             gauges = metrics.gauges(path, path.dispatcher, path.ready_count)
             gauges.update(metrics.bounds_gauges(path.counts))
-            path.observer = Observer(gauges, s.metrics, s.access_log, health)
+            path.observer = Observer(gauges, s.metrics, s.access_log, health,
+                                     s.metrics_read_timeout, path.fds)
 
     def listen(self) -> None:
         """Open every address (or take systemd's sockets) and hand them to the front end."""

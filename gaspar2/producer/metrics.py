@@ -12,24 +12,36 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
 import greenlet
+from gevent.hub import Hub
 
-from ..frontend.fds import count_open
+from ..frontend.fds import FdReserve, count_open, open_file_limit
+from ..frontend.httpd import HttpServer
 
 access_log = logging.getLogger("gaspar2.access")
 log = logging.getLogger("gaspar2")
 
-METRICS_CONNECTIONS = 16    # served at once; the others wait in the listen queue
-METRICS_IDLE = 10.0         # seconds a metrics connection may stay silent
+METRICS_CONNECTIONS = 1024  # open at once, at most (see connections_for)
+METRICS_IDLE = 10.0         # seconds a metrics client may take to read its reply
+
+GREENLETS_EVERY = 1.0       # seconds between two counts of the greenlets (a heap walk)
 
 OUTCOMES = ("ok", "handler_error", "timeout", "worker_died", "bad_frame", "refused", "client_gone")
 
 
 Gauges = dict[str, tuple[str, Callable[[], float]]]    # name -> (help, read)
 Health = Callable[[], tuple[bool, dict[str, Any]]]      # -> (healthy, counts)
+
+
+def connections_for(file_limit: int) -> int:
+    """How many connections the metrics port holds: a sixteenth of the open-file limit,
+    from 16 to METRICS_CONNECTIONS. The more it holds, the larger a crowd must be before
+    connections are dropped to make room, and the longer a new one is safe from that."""
+    return min(METRICS_CONNECTIONS, max(16, file_limit // 16))
 
 
 def status(frontend: Any, dispatcher: Any, workers: int) -> dict[str, int]:
@@ -41,14 +53,36 @@ def status(frontend: Any, dispatcher: Any, workers: int) -> dict[str, int]:
         "waiting": len(dispatcher.waiting),
         "at_workers": dispatcher.at_workers(),
         "workers": workers,
-        "greenlets": sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet)),
+        "greenlets": greenlets(),
         "open_files": count_open(),
     }
 
 
+_counted = [-GREENLETS_EVERY, 0]     # when, how many
+
+
+def greenlets(clock: Callable[[], float] = time.monotonic) -> int:
+    """The greenlets alive. Counting walks every object of the heap: asked from the loop
+    itself (a /healthz request, however many come), the count is at most GREENLETS_EVERY
+    old, since a walk there stalls every client; asked from a greenlet of its own (the
+    status line SIGUSR2 asks for), it is counted anew."""
+    now = clock()
+    if now - _counted[0] >= GREENLETS_EVERY or not isinstance(greenlet.getcurrent(), Hub):
+        _counted[:] = now, sum(1 for o in gc.get_objects() if isinstance(o, greenlet.greenlet))
+    return int(_counted[1])
+
+
 def health(state: str, counts: dict[str, int]) -> tuple[bool, dict[str, Any]]:
-    """Healthy while at least one worker is ready; the body: the state and the counts."""
-    return counts["workers"] > 0, {"state": state, **counts}
+    """Healthy while at least one worker is ready and not every one has run its request
+    past warn_after while others wait (no request could be served then); the body: the
+    state, the counts, and in that second case a ``reason``."""
+    body: dict[str, Any] = {"state": state, **counts}
+    workers, waiting = counts["workers"], counts.get("waiting", 0)
+    if workers > 0 and waiting and counts.get("workers_stuck", 0) >= workers:
+        body["reason"] = ("every worker has run one request past warn_after, and %d "
+                          "requests wait" % waiting)
+        return False, body
+    return workers > 0, body
 
 
 def gauges(frontend: Any, dispatcher: Any, ready_count: Callable[[], int]) -> Gauges:
@@ -70,14 +104,18 @@ def bounds_gauges(counts: Callable[[], dict[str, int]]) -> Gauges:
                                      "it does not hold", lambda: counts()["dropped"]),
         "gaspar2_remote_connections": ("Connections open on the remote-workers endpoint",
                                        lambda: counts()["remote_connections"]),
+        "gaspar2_workers_stuck": ("Local workers running one request past warn_after",
+                                  lambda: counts()["workers_stuck"]),
     }
 
 
 class Observer:
     def __init__(self, gauges: Gauges, metrics_address: str | None, access: bool,
-                 health: Health | None = None):
+                 health: Health | None = None, header_timeout: float = 5.0,
+                 fds: FdReserve | None = None):
         self.access = access
-        self.metrics = Metrics(gauges, metrics_address, health) if metrics_address else None
+        self.metrics = (Metrics(gauges, metrics_address, health, header_timeout, fds)
+                        if metrics_address else None)
 
     def request_done(self, conn: Any, outcome: str, now: float) -> None:
         seconds = now - conn.accepted
@@ -102,21 +140,17 @@ class Observer:
 
 
 class Metrics:
-    """Prometheus metrics, served over HTTP from the producer's own gevent loop."""
+    """Prometheus metrics, served over HTTP from the producer's own gevent loop, by a server
+    that no crowd of connections can keep a health checker out of (see httpd.py)."""
 
-    def __init__(self, gauges: Gauges, address: str, health: Health | None = None):
+    def __init__(self, gauges: Gauges, address: str, health: Health | None = None,
+                 header_timeout: float = 5.0, fds: FdReserve | None = None):
         try:
             import prometheus_client as prom
         except ImportError:
             raise RuntimeError("--metrics needs prometheus-client: "
                                "pip install 'gaspar2[metrics]'") from None
-        from gevent.pool import Pool
-        from gevent.pywsgi import WSGIServer
-
-        class BoundedServer(WSGIServer):  # type: ignore[misc]  # gevent has no types
-            def handle(self, sock: Any, address: Any) -> None:
-                sock.settimeout(METRICS_IDLE)
-                super().handle(sock, address)
+        import gevent
 
         registry = prom.CollectorRegistry()
         self.requests = prom.Counter("gaspar2_requests", "Requests by outcome", ["outcome"],
@@ -138,14 +172,16 @@ class Metrics:
         app = prom.make_wsgi_app(registry)
         if health is not None:
             app = health_app(health, app)
-        self.server = BoundedServer((host.strip("[]") or "127.0.0.1", int(port)), app, log=None,
-                                    error_log=logging.getLogger("gaspar2.metrics"),
-                                    spawn=Pool(METRICS_CONNECTIONS))
+        cap = connections_for(open_file_limit())
         try:
-            self.server.start()
+            self.server = HttpServer(gevent.get_hub().loop, host.strip("[]") or "127.0.0.1",
+                                     int(port), app, header_timeout, METRICS_IDLE, cap)
         except OSError as exc:
             raise OSError(exc.errno, "cannot serve metrics on %s: %s"
                           % (address, exc.strerror)) from exc
+        if fds is not None:
+            fds.set_aside(cap + 1)      # and one for the listening socket
+        self.server.start()
         log.info("metrics on http://%s:%d/metrics, health on /healthz",
                  *self.server.address[:2])
 
