@@ -15,13 +15,22 @@ started and never will be; one at or before it was. Either the worker claims fir
 producer revokes first, never both. The semaphore is a POSIX one in the shared map
 (``sem_init`` with pshared); the producer only ever tries it (``sem_trywait``), so its loop
 never blocks on a worker.
+
+Where a worker is, also without its help: each local worker, at start, has faulthandler
+write every thread's Python stack to a named pipe of its own on ``DUMP_SIGNAL``
+(``offer_stack``), and the producer reads that pipe without waiting (``read_stack``). The
+dump is written from C inside the signal handler, so it comes even while the handler runs
+C code that holds the GIL (a backtracking regex), which no thread of the worker could.
 """
 
 from __future__ import annotations
 
 import ctypes
 import errno
+import faulthandler
 import mmap
+import os
+import signal
 import struct
 import time
 
@@ -34,6 +43,7 @@ U64, F64 = struct.Struct("Q"), struct.Struct("d")
 CLAIM = struct.Struct("QQ")       # claimed seq, running id: adjacent, written at once
 TIMES = struct.Struct("ddd")      # since, slow after, beat: adjacent, written at once
 NOT_RUNNING = U64.pack(0)
+DUMP_SIGNAL = signal.SIGUSR2    # asks a local worker for its stack (see offer_stack)
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sem_init.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
@@ -128,3 +138,45 @@ class ProgressTable:
 
     def _sem(self, slot: int) -> int:
         return self.base + slot * SLOT_SIZE
+
+
+# -- where a worker is: its Python stack, on request ------------------------------------------
+
+def stack_path(directory: str, worker_id: int) -> str:
+    """The named pipe a local worker writes its stack to, in the producer's ipc directory."""
+    return os.path.join(directory, "stack%d" % worker_id)
+
+
+def offer_stack(path: str) -> None:
+    """In a worker, once at start: on ``DUMP_SIGNAL``, write every thread's stack to a new
+    named pipe at ``path``. The worker holds the pipe open for reading and writing, and
+    non-blocking, so a dump nobody reads never blocks it and never raises SIGPIPE: past the
+    pipe's capacity (64 KiB) a dump is cut short."""
+    try:
+        os.unlink(path)             # a predecessor's, killed before the producer removed it
+    except FileNotFoundError:
+        pass
+    os.mkfifo(path, 0o600)
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    faulthandler.register(DUMP_SIGNAL, file=fd, all_threads=True)
+
+
+def read_stack(path: str) -> bytes:
+    """What a worker's stack pipe holds now, without waiting (the producer's side); empty
+    when it holds nothing or there is no such pipe."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return b""
+    chunks = []
+    try:
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break               # no writer: the worker is gone
+            chunks.append(chunk)
+    except OSError:
+        pass                        # all of it read (EAGAIN)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)

@@ -12,7 +12,9 @@ The producer may hand a worker a few requests at once to hide the round trip. Th
 claims each before it runs it, and publishes in its progress slot what it runs and since
 when: the producer takes back whatever a worker holds behind a slow request, without the
 worker's help (see progress.py and dispatch.py). A worker runs no thread of its own, so a
-handler may hold the GIL, block, or use gevent as it likes.
+handler may hold the GIL, block, or use gevent as it likes. For the same reason a local
+worker's stack is taken by a signal and faulthandler, not asked of it (see progress.py):
+nothing of it costs a request anything.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from ..consumer import Consumer, Reply, reply_bytes
 from ..loading import EXIT_BOOT, forget_setup_failures, report_setup_failure
 from ..protocol import wire
 from ..protocol.arena import Arena, place
-from ..protocol.progress import ProgressTable
+from ..protocol.progress import DUMP_SIGNAL, ProgressTable, offer_stack, stack_path
 from .process import original, set_title
 
 log = logging.getLogger("gaspar2.worker")
@@ -62,6 +64,11 @@ class LocalWorkers:
 
     def __call__(self, worker_id: int, slot: int, parent: int) -> int:
         prepare_process("gaspar2 worker %d %s" % (worker_id, self.name))
+        try:        # once, before the app's code runs: nothing per request
+            offer_stack(stack_path(self.ipc_dir, worker_id))
+        except OSError as exc:    # the producer's DUMP_SIGNAL must not kill it then
+            original("signal", "signal")(DUMP_SIGNAL, signal.SIG_IGN)
+            log.warning("worker %d cannot offer its stack to the producer: %s", worker_id, exc)
         worker = Worker(self.make_consumer, worker_id,
                         wire.worker_endpoint(self.ipc_dir, worker_id),
                         wire.reply_endpoint(self.ipc_dir, worker_id), parent, self.slow_min,
