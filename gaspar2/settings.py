@@ -114,6 +114,10 @@ SETTINGS: tuple[Setting, ...] = (
       "the HANDLER's deadline: kill and replace a worker that has run one request for S "
       "seconds; that request fails (default: --timeout, else never)",
       ("--worker-timeout",), "S"),
+    S("warn_after", 30.0, seconds,
+      "log a request that has run S seconds, once, with its worker and the worker's Python "
+      "stack; /healthz fails while every worker is past S and requests wait; 0: never",
+      ("--warn-after",), "S"),
     S("read_timeout", 10.0, seconds,
       "drop a client that has not sent its whole frame within S seconds",
       ("--read-timeout",), "S"),
@@ -141,6 +145,9 @@ SETTINGS: tuple[Setting, ...] = (
       ("--max-requests-jitter",), "N"),
     S("metrics", None, str, "serve Prometheus metrics at /metrics and health at /healthz "
       "there (needs the 'metrics' extra)", ("--metrics",), "HOST:PORT"),
+    S("metrics_read_timeout", 5.0, seconds, "drop a metrics or health client whose request "
+      "header is not whole S seconds after it connected, however it trickles in",
+      ("--metrics-read-timeout",), "S"),
     S("access_log", False, flag, "the same as --access-logfile -", ("--access-log",)),
     S("remote_workers", None, str, "let workers on other machines join at this endpoint",
       ("--remote-workers",), "tcp://HOST:PORT"),

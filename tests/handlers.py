@@ -173,6 +173,36 @@ def gate(message):
     return str(os.getpid())
 
 
+def hang(message):
+    """Handlers that never return. ``regex:PATH``: write this worker's pid to PATH, then run
+    one backtracking re.match that takes longer than any test (a single C call that holds
+    the GIL). ``loop:PATH``: write the pid to PATH, then loop in pure Python until PATH is
+    gone; reply the pid. Anything else is echoed."""
+    command, _, path = message.partition(b":")
+    if command == b"regex":
+        return spin_in_regex(path)
+    if command == b"loop":
+        return spin_in_python(path)
+    return message
+
+
+def spin_in_regex(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    re.match(rb"(a+)+$", b"a" * 64 + b"b")      # 2**64 steps
+    return b"never"
+
+
+def spin_in_python(path):
+    with open(path, "w") as f:
+        f.write(str(os.getpid()))
+    turns = 0
+    while True:
+        turns += 1
+        if turns % 100_000 == 0 and not os.path.exists(path):
+            return str(os.getpid())
+
+
 def scratch(message):
     """Work that needs a few MiB of scratch memory per request, as a decoded image does:
     two 3 MiB buffers, touched and freed. Under glibc's default, moving thresholds this
@@ -192,3 +222,12 @@ def noarg():
 def returns_int(message):
     """A mistake only a request shows: the reply is not bytes."""
     return len(message)
+
+
+def slow_upload(message):
+    """A large message (1 MiB or more) sleeps 0.1 s and is answered with its length and its
+    first byte; anything smaller is echoed."""
+    if len(message) < 2**20:
+        return message
+    time.sleep(0.1)
+    return b"%d:%s" % (len(message), bytes(message[:1]))

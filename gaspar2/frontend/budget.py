@@ -7,13 +7,24 @@ Accounting points (each a change of ``used``):
 * a request read, waiting or at a worker: its payload, until the worker's answer arrives;
 * a reply being written: its size, until the connection closes.
 
-Past the limit the front end stops reading request bodies (TCP flow control pushes back on
-the clients), except for the oldest request being read, so that one always completes and
-nothing waits forever. Dispatch sends a request only while the reply it will bring fits
-(``room``): the size expected is the largest recent reply, decaying, so a burst of large
-replies nobody reads cannot run past the limit by more than a few of them. When nothing is
-at a worker and no reply is held, one request may go regardless: a legal request never
-fails for lack of budget, it waits.
+Request bodies are read up to ``bulk``, the limit less a lane kept for small requests;
+past it the front end stops reading them (TCP flow control pushes back on the clients).
+The oldest request being read reads on while everything else fits under ``bulk``, or
+while nothing but frames being read holds memory, so it always completes and nothing waits
+forever; a request read whole keeps its bytes until its
+reply replaces them, so the next oldest waits until those bytes are gone: the exception
+does not chain. Small requests that arrive whole are read until the limit plus one
+``max_message_size``, so they are not kept waiting behind large uploads. Together: the
+producer holds at most the limit plus one ``max_message_size``.
+
+A reply replaces its request's bytes. What it may add is planned for at dispatch
+(``cost``): the largest recent reply to a request of the same size class (its bit length),
+decaying, less the request's own size. An echo of a large upload costs nothing more, and a
+small request whose class has had small replies costs nothing either, so neither waits
+while large replies to clients that never read hold the budget. A request that costs more
+than is free waits, and the ones of its kind behind it wait in order; when nothing costly
+is at a worker and no reply is held, one may go regardless: a legal request never fails for
+lack of budget, it waits.
 """
 
 from __future__ import annotations
@@ -32,8 +43,9 @@ log = logging.getLogger("gaspar2")
 MiB = 2**20
 MACHINE_SHARE = 4               # the default limit: a quarter of physical memory
 FALLBACK = 1024 * MiB           # when physical memory cannot be read
-UNBOUNDED = 1 << 62
 PLENTY = 1 << 16                 # room for more replies than can be at workers: no need to count
+SIZE_CLASSES = 64                # a request's size class is its bit length
+LANE_MOST = 4 * MiB              # the part of the limit kept for small requests, at most
 
 
 def default_limit() -> int:
@@ -47,9 +59,11 @@ def default_limit() -> int:
 class Budget:
     def __init__(self, limit: int):
         self.limit = limit
+        self.bulk = limit - min(limit // 8, LANE_MOST)     # where partial frames stop
         self.used = 0           # every byte held for requests and replies
         self.replies = 0        # of which, replies being written
-        self.expected = 0       # the reply size to plan for: the largest recent, decaying
+        self.expected = 0       # the largest recent reply, decaying: far below it, no counting
+        self.by_class = [0] * SIZE_CLASSES      # the same, per request size class
         self.peak = 0           # the most held since the last ``trimmed``
 
     def change(self, delta: int, reply: bool = False) -> None:
@@ -59,28 +73,20 @@ class Budget:
         if self.used > self.peak:
             self.peak = self.used
 
-    def free(self) -> int:
-        return self.limit - self.used
+    def reply_seen(self, size_in: int, size_out: int) -> None:
+        """A reply of ``size_out`` bytes to a request of ``size_in`` arrived: plan for
+        replies that large for a while (the request path does the same inline)."""
+        self.expected = max(size_out, self.expected - (self.expected >> 3))
+        by_class, size_class = self.by_class, size_in.bit_length()
+        by_class[size_class] = max(size_out, by_class[size_class] - (by_class[size_class] >> 3))
 
-    def over(self) -> bool:
-        return self.used >= self.limit
+    def far_from_limit(self) -> bool:
+        """So far below the limit that no reply expected could matter: nothing to count."""
+        return self.limit - self.used > self.expected * PLENTY
 
-    def reply_seen(self, size: int) -> None:
-        """A reply of ``size`` bytes arrived: plan for replies that large for a while."""
-        self.expected = max(size, self.expected - (self.expected >> 3))
-
-    def room(self, at_workers: Callable[[], int]) -> int:
-        """How many more requests may go to workers now; ``at_workers`` counts those there."""
-        if self.expected == 0 or self.limit - self.used > self.expected * PLENTY:
-            return UNBOUNDED
-        return self._room(at_workers())
-
-    def _room(self, at_workers: int) -> int:
-        free = self.limit - self.used - at_workers * self.expected
-        allowed = free // self.expected
-        if allowed < 1 and at_workers == 0 and self.replies == 0:
-            return 1            # nothing else will free memory: let one go
-        return max(allowed, 0)
+    def cost(self, size_in: int) -> int:
+        """What the reply to a request of ``size_in`` bytes is expected to add to them."""
+        return max(self.by_class[size_in.bit_length()] - size_in, 0)
 
     def worth_trimming(self, threshold: int) -> bool:
         """Memory was freed since the peak: by more than ``threshold`` and over half."""
@@ -98,8 +104,9 @@ class Readers:
     want of budget. The oldest is never paused: it always completes (or times out), so the
     budget cannot fill with partial frames that all wait for each other."""
 
-    def __init__(self, budget: Budget):
+    def __init__(self, budget: Budget, only_readers_hold: Callable[[], bool]):
         self.budget = budget
+        self.only_readers_hold = only_readers_hold   # nothing read whole holds memory now
         self.reading: collections.OrderedDict[Any, None] = collections.OrderedDict()
         self.paused: collections.OrderedDict[Any, None] = collections.OrderedDict()
 
@@ -107,30 +114,41 @@ class Readers:
         return next(iter(self.reading), None)
 
     def allowance(self, conn: Any) -> int:
-        """How many payload bytes ``conn`` may read now; 0 or less: pause it."""
-        free = self.budget.limit - self.budget.used
-        if free >= READ_SLICE or conn is self.oldest():
+        """How many payload bytes ``conn`` (which has ``held``) may read now; 0 or less:
+        pause it. The oldest reads on while everything else fits under ``bulk``, or when
+        only frames being read hold memory (then nothing else would free any)."""
+        free = self.budget.bulk - self.budget.used
+        if free >= READ_SLICE or (conn is self.oldest() and (free + conn.held >= 0
+                                                              or self.only_readers_hold())):
             return READ_SLICE
         return free
 
     def forget(self, conn: Any) -> Any:
-        """``conn`` reads no more; the new oldest, if it is paused and must be resumed."""
+        """``conn`` reads no more; the new oldest, if it is paused and may read now."""
         was_oldest = conn is self.oldest()
         self.paused.pop(conn, None)
         self.reading.pop(conn, None)
-        oldest = self.oldest() if was_oldest else None
-        if oldest is not None and oldest in self.paused:
+        return self._oldest_to_resume() if was_oldest else None
+
+    def _oldest_to_resume(self) -> Any:
+        oldest = self.oldest()
+        if oldest is not None and oldest in self.paused and self.allowance(oldest) > 0:
             del self.paused[oldest]
             return oldest
         return None
 
     def to_resume(self) -> list[Any]:
-        """Paused connections to read again, as many as the free budget can feed, in order."""
-        free = self.budget.free()
-        if free <= 0 or not self.paused:
+        """Paused connections to read again, in order: the oldest if it may, and as many
+        more as the free budget can feed."""
+        if not self.paused:
             return []
-        count = max(1, free // READ_SLICE)
-        return [self.paused.popitem(last=False)[0] for _ in range(min(count, len(self.paused)))]
+        oldest = self._oldest_to_resume()
+        resume = [] if oldest is None else [oldest]
+        free = self.budget.bulk - self.budget.used
+        if free > 0:
+            count = min(max(1, free // READ_SLICE), len(self.paused))
+            resume.extend(self.paused.popitem(last=False)[0] for _ in range(count))
+        return resume
 
 
 def release_memory() -> None:

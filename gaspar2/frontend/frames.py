@@ -15,11 +15,13 @@ from ..protocol.wire import HEADER, FrameError
 
 # The first read of every frame lands here, so a small frame takes one recv and one copy.
 # Safe to share: each read is copied out before the next one.
-_SCRATCH = bytearray(64 * 1024)
+FIRST_READ = 64 * 1024          # a frame's first read: its header and what came with it
+_SCRATCH = bytearray(FIRST_READ)
 DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)    # every read and write on a client socket
 READ_SLICE = 1 << 20            # payload bytes read per wake-up, at most, after the first read
 FIRST_CAPACITY = 4096           # a buffer's least size, and least growth (up to the length)
 GROWTH_MAX = 16 << 20           # a buffer grows by at most this much at once
+UNLIMITED = 1 << 62
 _INT = struct.Struct("i")
 _ZEROS = bytes(GROWTH_MAX)      # what a buffer grows by; never written, so it costs no memory
 
@@ -44,7 +46,7 @@ class FrameReader:
     """
 
     __slots__ = ("max_size", "header", "length", "got", "buffer", "payload", "arena",
-                 "region")
+                 "region", "ceiling")
 
     def __init__(self, max_size: int, arena: Arena | None = None):
         self.max_size = max_size
@@ -55,6 +57,7 @@ class FrameReader:
         self.payload: bytes | bytearray | Region | None = None
         self.arena = arena          # large bodies go there, once half of them is in
         self.region: Region | None = None
+        self.ceiling = 0            # what the buffer may grow to in this read (``room``)
 
     @property
     def capacity(self) -> int:
@@ -82,14 +85,16 @@ class FrameReader:
         self.region, self.buffer = region, view
         return True
 
-    def read_from(self, sock: socket.socket, allowance: int = READ_SLICE) -> bool:
-        """Read what is there, at most ``allowance`` payload bytes past the first read;
-        True once the frame is complete.
+    def read_from(self, sock: socket.socket, allowance: int = READ_SLICE,
+                  room: int = UNLIMITED) -> bool:
+        """Read what is there, at most ``allowance`` payload bytes past the first read,
+        the buffer growing by ``room`` bytes at most; True once the frame is complete.
 
         Raises FrameError on an oversized length, bytes past the frame or an early EOF, and
         lets BlockingIOError (nothing to read yet) and other OSErrors through.
         """
-        if self.length < 0 and not self._read_header(sock):
+        self.ceiling = self.capacity + room
+        if self.length < 0 and not self._read_header(sock, allowance):
             return False
         if self.buffer is not None:
             self._read_body(sock, allowance, self.length)
@@ -122,6 +127,7 @@ class FrameReader:
         assert isinstance(self.buffer, bytearray)
         size = len(self.buffer)
         wanted = self._wanted(self.got + max(available(sock), size >> 3, FIRST_CAPACITY))
+        wanted = max(min(wanted, self.ceiling), self.got + 1)
         if wanted == self.length and self._large():
             with memoryview(self.buffer) as received:
                 if self._to_arena(received[:self.got]):
@@ -136,7 +142,24 @@ class FrameReader:
         """A buffer's size for ``size`` bytes in hand: the whole frame once that is half."""
         return self.length if 2 * size >= self.length else size
 
-    def _read_header(self, sock: socket.socket) -> bool:
+    def arrived_whole(self, sock: Any) -> bool:
+        """Past the budget, before the first read: whether the frame has come whole and fits
+        one read, is too long, or the socket has nothing but its end to show. Only then is
+        it read; otherwise its bytes stay in the kernel, and TCP pushes back on the client."""
+        if self.header:
+            return False
+        waiting = available(sock)
+        if waiting == 0:
+            return True         # nothing, or the end: the read will tell
+        if waiting < HEADER.size:
+            return False
+        (length,) = HEADER.unpack(sock.recv(HEADER.size, socket.MSG_PEEK | DONTWAIT))
+        return bool(HEADER.size + length <= min(waiting, len(_SCRATCH))
+                    or length > self.max_size)          # to be refused at once
+
+    def _read_header(self, sock: socket.socket, allowance: int) -> bool:
+        """The first read: the header and what came with it (the whole frame, often). Past
+        the budget, the buffer holds what came and what ``room`` allows."""
         n = sock.recv_into(_SCRATCH, 0, DONTWAIT)
         if not n:
             raise FrameError(FrameError.CLOSED, len(self.header), HEADER.size, in_header=True)
@@ -158,6 +181,7 @@ class FrameReader:
             held = self._wanted(body)       # asking the kernel how much came costs a call
             if held < length:
                 held = self._wanted(max(body + available(sock), FIRST_CAPACITY))
+            held = max(min(held, self.ceiling), body + (allowance > 0))
             if not (held == length and self._large() and self._to_arena(data[HEADER.size:])):
                 self.buffer = bytearray(min(held, body + GROWTH_MAX))
                 self.buffer[:body] = data[HEADER.size:]

@@ -27,16 +27,17 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from ..frontend.budget import PLENTY, Budget
+from ..frontend.budget import Budget
 
 log = logging.getLogger("gaspar2")
 
-Request = Any       # ``request_id``, ``payload``, ``closed``, ``seq``: a front end's Connection
+Request = Any   # ``request_id``, ``payload``, ``size_in``, ``closed``, ``seq``: a Connection
 Send = Callable[[list[Request], int, int], None]     # (requests, epoch, first seq)
 # A worker that has neither touched what it was sent nor shown a sign of life (it beats at
 # least every 0.5 s while idle) for this long is frozen. Generous: a large message takes a
 # while to arrive, and taking it back would only send it again elsewhere.
 FROZEN = 1.0
+PASSED_MOST = 256   # near the memory limit, the waiting requests one dispatch looks past
 
 
 class Full(Exception):
@@ -105,27 +106,63 @@ class Dispatcher:
         waiting = self.waiting
         if not waiting:
             return False
-        batches: dict[Seat, list[Request]] = {}
         budget = self.budget
-        if budget is None or budget.limit - budget.used > budget.expected * PLENTY:
-            allowed = len(waiting)      # far from the limit: nothing to count
-        else:
-            allowed = budget.room(self.at_workers)
-        while waiting and allowed > 0:
+        if budget is not None and not budget.far_from_limit():
+            return self._dispatch_near_limit(budget)
+        batches: dict[Seat, list[Request]] = {}
+        while waiting:
+            seat = self._least_loaded(batches)
+            if seat is None:
+                break
+            request = waiting.popleft()
+            if not request.closed:
+                self._assign(seat, request, batches)
+        for seat, requests in batches.items():
+            self._send(seat, requests)
+        return bool(batches)
+
+    def _dispatch_near_limit(self, budget: Budget) -> bool:
+        """Dispatch counting what each reply may add (``Budget.cost``): a request that
+        costs nothing goes; a costly one goes while its cost fits in what is free, and
+        once one waits, the costly ones behind it wait too, in order. Looks past at most
+        ``PASSED_MOST`` waiting requests."""
+        waiting, cost = self.waiting, budget.cost
+        free = budget.limit - budget.used
+        costly_out = False
+        for out in self.seats.values():
+            for held in out.held.values():
+                planned = cost(held.size_in)
+                free -= planned
+                costly_out = costly_out or planned > 0
+        batches: dict[Seat, list[Request]] = {}
+        passed: list[Request] = []
+        blocked = False
+        while waiting and len(passed) < PASSED_MOST:
             seat = self._least_loaded(batches)
             if seat is None:
                 break
             request = waiting.popleft()
             if request.closed:
                 continue
-            request.seq = seat.next_seq
-            seat.next_seq += 1
-            seat.held[request.request_id] = request
-            batches.setdefault(seat, []).append(request)
-            allowed -= 1
+            planned = cost(request.size_in)
+            if planned and (blocked or (planned > free and (costly_out or budget.replies))):
+                blocked = True
+                passed.append(request)
+                continue
+            free -= planned
+            costly_out = costly_out or planned > 0
+            self._assign(seat, request, batches)
+        self.waiting.extendleft(reversed(passed))
         for seat, requests in batches.items():
             self._send(seat, requests)
         return bool(batches)
+
+    @staticmethod
+    def _assign(seat: Seat, request: Request, batches: dict[Seat, list[Request]]) -> None:
+        request.seq = seat.next_seq
+        seat.next_seq += 1
+        seat.held[request.request_id] = request
+        batches.setdefault(seat, []).append(request)
 
     def _least_loaded(self, batches: dict[Seat, list[Request]]) -> Seat | None:
         best = None

@@ -9,6 +9,7 @@ listening socket exists, so no worker can inherit either (see forkserver.py).
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ import gevent.monkey
 from .. import logs, settings
 from ..consumer import Consumer, as_consumer, describe, target_of
 from ..frontend import listeners
-from ..loading import forget_setup_failures
+from ..loading import forget_setup_failures, preload
 from ..protocol.progress import ProgressTable
 from ..workers import forkserver
 from ..workers.process import make_ipc_dir, raise_open_file_limit, set_title
@@ -208,12 +209,12 @@ class Producer:
                                s.giveback_after, self.path.local_token,
                                self.path.max_reply_size, self.path.open_arena())
         # Fork the fork server first: no listener and no ZeroMQ context exist yet.
-        pid, channel = forkserver.start(workers, "gaspar2 forkserver %s" % self.name)
+        pid, channel = forkserver.start(workers, self.name, functools.partial(preload, self.spec))
         self.fork = forkserver.ForkServerClient(self.loop, pid, channel, self.supervisor)
         self.transport = self.path.transport = Transport(
             self.loop, self.path.on_sink, self.ipc_dir,
             max(s.max_message_size, self.path.max_reply_size))
-        self.supervisor.attach(Announcing(self.fork, self.transport))
+        self.supervisor.attach(Announcing(self.fork, self.transport), self.fork)
         log.info("buffer limit %s for requests and replies", self.path.budget.describe())
         if s.remote_workers:
             remote_sink = self.transport.open_remote(s.remote_workers, s.curve_secret_key,
@@ -221,7 +222,7 @@ class Producer:
                                                      s.max_remote_workers, self.path.fds)
             self.path.remote = RemoteMembers(self.path, self.transport.ctx, remote_sink,
                                                  s.heartbeat, s.max_remote_workers,
-                                                 self.path.max_reply_size)
+                                                 self.path.max_reply_size, self._listening)
             log.info("remote workers may join at %s", remote_sink.endpoint)
         self.exposure.observe(self.health)     # metrics and /healthz answer while workers start
         self.notifier.status("starting %s" % logs.counted(s.workers, "worker"))
@@ -243,9 +244,18 @@ class Producer:
         self.swept = time.monotonic()
         self.path.sweep()
 
+    def _listening(self) -> list[Any]:
+        """The sockets this producer listens on besides the remote endpoint: a remote
+        worker's HELLO may name none of them."""
+        socks: list[Any] = [listener.sock for listener in self.path.listeners]
+        observer = self.path.observer
+        if observer is not None and observer.metrics is not None:
+            socks.append(observer.metrics.server.sock)
+        return socks
+
     def _make_consumer(self) -> Consumer:
         if self.spec:
-            return as_consumer(self.spec)     # imported afresh in each worker
+            return as_consumer(self.spec)     # imported by this generation's preloader
         assert self.consumer is not None
         return self.consumer
 

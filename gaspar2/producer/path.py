@@ -42,10 +42,10 @@ from typing import Any, Protocol
 
 import zmq
 
-from ..frontend.budget import Budget, Readers, default_limit, release_memory
+from ..frontend.budget import Budget, MiB, Readers, default_limit, release_memory
 from ..frontend.connections import Connection
 from ..frontend.fds import FdReserve, reserve_for
-from ..frontend.frames import DONTWAIT, READ_SLICE
+from ..frontend.frames import DONTWAIT, FIRST_READ, READ_SLICE
 from ..frontend.listeners import FIN_ON_CLOSE, RESET_ON_CLOSE
 from ..guard import Drops, Throttled, errors, guarded
 from ..protocol import wire
@@ -54,8 +54,9 @@ from ..protocol.progress import ProgressTable
 from ..workers.supervisor import Supervisor
 from . import metrics
 from .dispatch import Dispatcher, Seat
+from .hung import HungRequests
 from .members import BACKLOG, RemoteMembers
-from .metrics import METRICS_CONNECTIONS, Observer
+from .metrics import Observer
 from .transport import Transport, sender
 
 log = logging.getLogger("gaspar2")
@@ -67,6 +68,7 @@ READS_PER_WAKEUP = 256      # messages read from a sink before the loop sees to 
 RETRY_READ = 0.01           # after an error while draining a sink, look again this soon
 JOIN_RETRY = 0.1            # a worker that could not be connected for want of files
 TRIM_AFTER = 64 * 2**20     # hand freed memory back to the system past this much
+PRESSURE_LOG_EVERY = 30.0   # the buffer limit reached: one line this often at most
 
 
 class Owner(Protocol):
@@ -106,14 +108,16 @@ class RequestPath:
         self.loop = loop
         self.max_reply_size = settings.max_reply_size or settings.max_message_size
         self.budget = Budget(settings.buffer_limit or default_limit())
-        self.readers = Readers(self.budget)
-        self.fds = FdReserve(reserve_for(settings.workers, (METRICS_CONNECTIONS + 1) * bool(
-            settings.metrics) + BACKLOG * bool(settings.remote_workers)))
+        self.readers = Readers(self.budget, self._only_readers_hold)
+        # The metrics port sets its own share aside when it starts (see metrics.py).
+        self.fds = FdReserve(reserve_for(settings.workers,
+                                         BACKLOG * bool(settings.remote_workers)))
         self.max_message_size = min(settings.max_message_size, self.budget.limit)
         self.max_connections = settings.max_connections
         self.local_token = secrets.randbits(64) | 1     # what local workers' messages carry
         self.drops = Drops()
         self.throttled = Throttled(log)
+        self.pressure = Throttled(log, PRESSURE_LOG_EVERY)     # the buffer limit reached
         self.dispatcher = Dispatcher(self, progress, time.monotonic, self.budget)
         self.supervisor = Supervisor(self, LoopClock(loop), settings.workers,
                                      settings.max_requests, settings.max_requests_jitter, progress)
@@ -134,6 +138,8 @@ class RequestPath:
         # While local workers hold requests, look this often for stuck ones.
         interval = settings.giveback_after / 2
         self.stuck_watch = loop.timer(interval, interval)
+        self.hung = HungRequests(settings.warn_after, self.supervisor, progress, self.dispatcher,
+                                 lambda: self.transport.ipc_dir if self.transport else None)
 
     def open_arena(self) -> Arena | None:
         """Shared memory for large bodies and their replies, made before any worker is
@@ -186,6 +192,8 @@ class RequestPath:
             # Naming the family spares three getsockopt calls; every read and write passes
             # MSG_DONTWAIT, which spares making the socket non-blocking.
             sock = _socket.socket(listener.family, socket.SOCK_STREAM, 0, fd)
+            if listener.admit is not None and not listener.admit(sock):
+                continue        # a peer an abstract socket's mode does not admit
             conn = Connection(sock, peer, self.max_message_size, self.loop.now(), self.arena)
             if listener.unix:
                 conn.peer, conn.reader = listener.label, listener.reader(self.max_message_size)
@@ -262,12 +270,20 @@ class RequestPath:
         reader = conn.reader
         assert reader is not None
         budget = self.budget
-        if budget.limit - budget.used >= READ_SLICE:
+        room = budget.bulk - budget.used        # what its buffer may grow by
+        if room >= READ_SLICE:
             allowance = READ_SLICE
         else:
             allowance = self.readers.allowance(conn)
+            if allowance > room:                # the oldest, reading past the limit
+                room = self.max_message_size
+            elif reader.length < 0 and room < FIRST_READ and (
+                    budget.used >= budget.limit + self.max_message_size
+                    or not reader.arrived_whole(conn.sock)):
+                self._pause(conn)               # only a small frame come whole is read now
+                return
         try:
-            complete = reader.read_from(conn.sock, allowance)
+            complete = reader.read_from(conn.sock, allowance, room)
         except BlockingIOError:
             complete = False
         except wire.FrameError as exc:
@@ -304,18 +320,41 @@ class RequestPath:
         self.dispatcher.waiting.append(conn)
 
     def _wait_for_more(self, conn: Connection) -> None:
-        """Watch ``conn`` for the rest of its frame, or pause it while the budget is spent."""
-        readers = self.readers
+        """Watch ``conn`` for the rest of its frame, or pause it while the budget is spent.
+        Past the limit, a connection that has sent nothing yet is still watched: a small
+        request that comes whole is read whole (``FrameReader.arrived_whole``), up to one
+        ``max_message_size`` past the limit; anything else waits for budget."""
+        readers, reader = self.readers, conn.reader
+        assert reader is not None
         if conn not in readers.reading:
             readers.reading[conn] = None
-        if readers.allowance(conn) <= 0:
-            if conn.watcher is not None:
-                conn.watcher.stop()
-            readers.paused[conn] = None
-            conn.paused_at = self.loop.now()
+        if readers.allowance(conn) <= 0 and (reader.length >= 0 or reader.header or self.budget
+                                             .used >= self.budget.limit + self.max_message_size):
+            self._pause(conn)
         elif conn.watcher is None:
             conn.watcher = self.loop.io(conn.sock.fileno(), READ)
             conn.watcher.start(self._on_readable, conn)
+
+    def _only_readers_hold(self) -> bool:
+        """No request read whole holds memory: none waits, is at a worker or is replying."""
+        return (not self.dispatcher.waiting and not self.budget.replies
+                and not self.dispatcher.at_workers())
+
+    def _pause(self, conn: Connection) -> None:
+        """Read ``conn`` no more until the budget has room (``Readers.to_resume``)."""
+        if conn.watcher is not None:
+            conn.watcher.stop()
+        readers = self.readers
+        if conn not in readers.reading:
+            readers.reading[conn] = None
+        readers.paused[conn] = None
+        conn.paused_at = self.loop.now()
+        budget = self.budget
+        self.pressure.log(logging.WARNING, "budget", "buffer limit reached: %.1f MiB held of "
+                          "%.1f MiB (%.1f MiB in replies being written), %d requests waiting "
+                          "for a worker; reading paused for %d connections", budget.used / MiB,
+                          budget.limit / MiB, budget.replies / MiB, len(self.dispatcher.waiting),
+                          len(readers.paused))
 
     def _forget_reader(self, conn: Connection) -> None:
         resume = self.readers.forget(conn)
@@ -378,7 +417,8 @@ class RequestPath:
         its clients. An error while draining is logged and followed by another look."""
         try:
             if not self._drain(sock, READS_PER_WAKEUP):
-                self.loop.run_callback(self.on_sink, sock)     # more is waiting
+                assert self.transport is not None
+                self.transport.look_again(sock)                 # more is waiting
         except Exception:
             errors.log(logging.ERROR, "sink", "error reading a sink, reading on", exc_info=True)
             timer = self.loop.timer(RETRY_READ)
@@ -387,19 +427,22 @@ class RequestPath:
             self._dispatch()
 
     def read_all(self) -> None:
-        """Take in every answer already sent (and act on it)."""
+        """Take in every answer already sent (and act on it); what a long hostile message
+        on the remote sink leaves waiting is read by the next look."""
         assert self.transport is not None
         self._drain(self.transport.sink)
-        if self.transport.remote is not None:
-            self._drain(self.transport.remote.sock)
+        remote = self.transport.remote
+        if remote is not None and not self._drain(remote.sock):
+            self.transport.look_again(remote.sock)
 
     def _drain(self, sock: zmq.SyncSocket, most: int = -1) -> bool:
         """Read and act on up to ``most`` messages (all, if negative); True once the sink is
         drained. It stops when ZeroMQ's EVENTS shows no more input: reading EVENTS re-arms
-        the edge-triggered FD, and costs less than a read that fails with zmq.Again."""
+        the edge-triggered FD, and costs less than a read that fails with zmq.Again. Local
+        workers are trusted with whole messages; the remote sink is read by its own rules."""
         assert self.transport is not None
-        local = sock is self.transport.sink
-        curve = not local and self.transport.remote is not None and self.transport.remote.curve
+        if sock is not self.transport.sink:
+            return self._drain_remote(most)
         while most != 0:
             try:
                 frame = sock.recv(wire.NOBLOCK, copy=False)
@@ -410,12 +453,43 @@ class RequestPath:
             try:
                 message = wire.decode(frames)
             except wire.BadMessage as exc:
-                self.drops.count("malformed", "%s sink: %s" % ("local" if local else "remote",
-                                                               exc))
+                self.drops.count("malformed", "local sink: %s" % exc)
+            else:
+                try:
+                    self._act_on(message, True, None)
+                except Exception:
+                    errors.log(logging.ERROR, "message", "error acting on a %r message, "
+                               "going on", message.kind, exc_info=True)
+            if not int(sock.getsockopt(wire.EVENTS)) & wire.POLLIN:
+                return True
+        return False
+
+    def _drain_remote(self, most: int) -> bool:
+        """``_drain`` for the remote sink: each message is bounded as a whole while it is
+        read, and one past the bounds is thrown away a slice per look (members.py
+        ``BoundedReader``), so no peer's message can hold the loop."""
+        assert self.transport is not None and self.transport.remote is not None
+        remote = self.transport.remote
+        reader, sock, curve = remote.reader, remote.sock, remote.curve
+        reader.look()
+        while most != 0:
+            try:
+                frames = reader.read()
+            except wire.BadMessage as exc:
+                most -= 1
+                self.drops.count("malformed", "remote sink: %s" % exc)
+                continue
+            if frames is None:
+                return not reader.discarding
+            most -= 1
+            try:
+                message = wire.decode(frames)
+            except wire.BadMessage as exc:
+                self.drops.count("malformed", "remote sink: %s" % exc)
             else:
                 user_id = frames[0].get("User-Id") if curve else None
                 try:
-                    self._act_on(message, local, user_id if isinstance(user_id, str) else None)
+                    self._act_on(message, False, user_id if isinstance(user_id, str) else None)
                 except Exception:
                     errors.log(logging.ERROR, "message", "error acting on a %r message, "
                                "going on", message.kind, exc_info=True)
@@ -472,8 +546,10 @@ class RequestPath:
             self.fail(conn, "handler_error", "a reply of %d bytes from worker %x, over "
                       "max_reply_size %d", len(body), worker_id, self.max_reply_size)
         else:
-            budget = self.budget            # plan for replies this large for a while
-            budget.expected = max(len(body), budget.expected - (budget.expected >> 3))
+            budget, size = self.budget, len(body)   # plan for replies this large for a while
+            budget.expected = max(size, budget.expected - (budget.expected >> 3))
+            by_class, size_class = budget.by_class, conn.size_in.bit_length()
+            by_class[size_class] = max(size, by_class[size_class] - (by_class[size_class] >> 3))
             conn.size_out = len(body)
             conn.payload = None             # the worker is done with it
             self._write(conn, body)         # charged to the budget only if it must wait
@@ -616,6 +692,7 @@ class RequestPath:
         for conn in self.dispatcher.remove(worker.id, claimed):
             self.fail(conn, "worker_died", "%r %s while running this request", worker, cause)
         self.transport.disconnect(worker.id)
+        self.hung.forget(worker.id)
         asked = self.closing or kind == "replaced"     # it was told to leave
         log.log(logging.INFO if asked else logging.WARNING, "%r %s", worker, cause)
         if kind != "replaced":
@@ -646,6 +723,7 @@ class RequestPath:
         self.fds.recount(now)
         self._enforce_timeouts(now)
         self.supervisor.check_liveness(self.settings.worker_timeout, self.settings.heartbeat)
+        self.hung.check()
         if self.budget.worth_trimming(TRIM_AFTER):
             release_memory()
             if self.arena is not None:
@@ -660,9 +738,10 @@ class RequestPath:
         for conn in list(self.conns):
             if conn.reader is not None:
                 if (s.read_timeout is not None and now - conn.since > s.read_timeout
-                        and conn not in self.readers.paused):
-                    self.fail(conn, "timeout", "no whole frame within %s s (read_timeout)",
-                              s.read_timeout)
+                        and conn not in self.readers.paused and not conn.closed):
+                    self.throttled.log(logging.WARNING, "read_timeout", "%s: no whole frame "
+                                       "within %s s (read_timeout)", conn, s.read_timeout)
+                    self._close(conn, "timeout", RESET_ON_CLOSE)    # a slowloris: one line
             elif conn.reply is not None:
                 if s.write_timeout is not None and now - conn.since > s.write_timeout:
                     self.fail(conn, "timeout", "reply not taken within %s s (write_timeout)",
@@ -682,9 +761,11 @@ class RequestPath:
         return {**metrics.status(self, self.dispatcher, self.ready_count()), **self.counts()}
 
     def counts(self) -> dict[str, int]:
-        """What the bounds hold now: bytes buffered, messages dropped, remote connections."""
+        """What the bounds hold now: bytes buffered, messages dropped, remote connections,
+        workers running one request past warn_after."""
         transport = self.transport
         return {"buffered": self.budget.used, "dropped": self.drops.total(),
+                "workers_stuck": self.hung.stuck,
                 "shared": self.arena.used if self.arena is not None else 0,
                 "remote_connections": transport.remote.connections
                 if transport is not None and transport.remote is not None else 0}

@@ -29,6 +29,8 @@ def test_process_titles(serve):
     server = serve("gaspar2.examples:echo", "--workers", "2")
     assert cmdline(server.pid) == "gaspar2 producer gaspar2.examples:echo %s" % server.url
     assert cmdline(server.forkserver()) == "gaspar2 forkserver gaspar2.examples:echo"
+    assert [cmdline(pid) for pid in server.preloaders()] == [
+        "gaspar2 generation 0 gaspar2.examples:echo"]
     titles = sorted(cmdline(pid) for pid in server.worker_pids())
     assert all(re.fullmatch(r"gaspar2 worker \d+ gaspar2\.examples:echo", t)
                for t in titles), titles

@@ -9,7 +9,7 @@ import socket
 from hypothesis import given, settings, strategies as st
 
 from gaspar2.frontend import frames
-from gaspar2.frontend.budget import UNBOUNDED, Budget, Readers
+from gaspar2.frontend.budget import Budget, Readers
 from gaspar2.frontend.fds import FdReserve
 from gaspar2.guard import Drops, Throttled, guarded
 from gaspar2.protocol import wire
@@ -17,38 +17,34 @@ from gaspar2.protocol import wire
 MiB = 2**20
 
 
-@settings(max_examples=300)
-@given(limit=st.integers(1, 2**34), used=st.integers(0, 2**35), replies=st.integers(0, 2**35),
-       expected=st.integers(0, 2**28), at_workers=st.integers(0, 100))
-def test_room_keeps_expected_replies_within_the_limit_or_lets_one_go(limit, used, replies,
-                                                                     expected, at_workers):
-    budget = Budget(limit)
-    budget.change(used)
-    budget.replies = min(replies, used)
-    budget.expected = expected
-    room = budget.room(lambda: at_workers)
-    if expected == 0:
-        assert room == UNBOUNDED
-    elif at_workers == 0 and budget.replies == 0:
-        assert room >= 1, "nothing else frees memory: one must go"
-    if 0 < room < UNBOUNDED and not (at_workers == 0 and budget.replies == 0 and room == 1):
-        assert budget.used + (at_workers + room) * expected <= limit
+def test_a_reply_costs_what_replies_to_its_size_class_were_beyond_its_own_bytes():
+    budget = Budget(256 * MiB)
+    assert budget.cost(100) == 0 and budget.cost(8 * MiB) == 0, "nothing seen: nothing planned"
+    budget.reply_seen(8 * MiB, 8 * MiB)         # an echo of 8 MiB
+    budget.reply_seen(12, 8 * MiB)              # a small request with a large reply
+    budget.reply_seen(100, 100)                 # a small echo
+    assert budget.cost(8 * MiB) == 0 and budget.cost(12 * MiB) == 0, "larger than its reply"
+    assert budget.cost(8 * MiB - 1) == 0, "another size class, where nothing was seen"
+    assert budget.cost(13) == 8 * MiB - 13, "the same size class as the 12-byte request"
+    assert budget.cost(100) == 0 and budget.cost(64) == 100 - 64
+    assert budget.expected > 4 * MiB and not budget.far_from_limit()
 
 
 def test_the_expected_reply_follows_a_large_one_at_once_and_decays():
     budget = Budget(256 * MiB)
-    budget.reply_seen(8 * MiB)
-    assert budget.expected == 8 * MiB
+    budget.reply_seen(10, 8 * MiB)
+    assert budget.expected == 8 * MiB and budget.cost(10) == 8 * MiB - 10
     for _ in range(100):
-        budget.reply_seen(10)
-    assert budget.expected < 10 * 1024
+        budget.reply_seen(10, 10)
+    assert budget.expected < 10 * 1024 and budget.cost(10) < 10 * 1024
+    assert budget.far_from_limit()
 
 
 def test_the_budget_counts_replies_apart_and_knows_when_to_trim():
     budget = Budget(100)
     budget.change(80)
     budget.change(20, reply=True)
-    assert budget.over() and budget.replies == 20 and budget.free() == 0
+    assert budget.used == 100 and budget.replies == 20 and budget.peak == 100
     budget.change(-90)
     budget.change(-10, reply=True)
     assert budget.worth_trimming(50) and budget.used == 0
@@ -57,25 +53,36 @@ def test_the_budget_counts_replies_apart_and_knows_when_to_trim():
 
 
 class Conn:
-    def __init__(self, n):
+    def __init__(self, n, held=0):
         self.n = n
+        self.held = held
 
     def __repr__(self):
         return "c%d" % self.n
 
 
-def test_the_oldest_reader_always_reads_and_others_wait_past_the_limit():
+def test_the_oldest_reader_reads_on_while_everything_else_fits_and_others_wait():
     budget = Budget(4 * MiB)
-    readers = Readers(budget)
+    assert budget.limit - 4 * MiB // 8 == budget.bulk, "an eighth kept for small requests"
+    settled = [False]
+    readers = Readers(budget, lambda: settled[0])
     conns = [Conn(n) for n in range(4)]
     for conn in conns:
         readers.reading[conn] = None
     assert readers.allowance(conns[2]) == frames.READ_SLICE
-    budget.change(4 * MiB - 100)
+    budget.change(budget.bulk - 100)
     assert readers.allowance(conns[2]) == 100
     budget.change(100)
     assert readers.allowance(conns[2]) <= 0
-    assert readers.allowance(conns[0]) == frames.READ_SLICE, "the oldest is never held back"
+    assert readers.allowance(conns[0]) == frames.READ_SLICE, "the oldest reads past the bulk"
+    conns[0].held = 3 * MiB
+    budget.change(3 * MiB)
+    assert readers.allowance(conns[0]) == frames.READ_SLICE, "the rest fits: it reads on"
+    budget.change(1)
+    assert readers.allowance(conns[0]) <= 0, "the rest is past the bulk: it waits too"
+    settled[0] = True
+    assert readers.allowance(conns[0]) > 0, "unless only frames being read hold memory"
+    budget.change(-3 * MiB - 1)
     readers.paused[conns[1]] = None
     readers.paused[conns[2]] = None
     assert readers.forget(conns[3]) is None
@@ -83,18 +90,54 @@ def test_the_oldest_reader_always_reads_and_others_wait_past_the_limit():
     assert list(readers.paused) == [conns[2]]
 
 
+@settings(max_examples=300)
+@given(limit=st.integers(MiB, 64 * MiB), frames_=st.lists(st.integers(1, 16 * MiB), max_size=40),
+       events=st.lists(st.tuples(st.integers(0, 39), st.booleans()), max_size=400))
+def test_readers_hold_at_most_the_limit_and_one_frame_and_always_move(limit, frames_, events):
+    """Whatever the order readers read and requests finish in, what is held stays under the
+    limit plus one frame (every frame here is at most 16 MiB), and some frame can always
+    be read or some request finish: nothing waits forever."""
+    budget = Budget(limit)
+    done = []           # read whole, holding their bytes until "answered"
+    readers = Readers(budget, lambda: not done)
+    conns = [Conn(n) for n in range(len(frames_))]
+    lengths = dict(zip(conns, frames_, strict=True))
+    for conn in conns:
+        readers.reading[conn] = None
+    for index, answer in events:
+        if answer and done:
+            conn = done.pop(index % len(done))
+            budget.change(-conn.held)
+            conn.held = 0
+            continue
+        if not readers.reading:
+            continue
+        assert done or any(readers.allowance(c) > 0 for c in readers.reading), "deadlock"
+        conn = list(readers.reading)[index % len(readers.reading)]
+        step = min(max(readers.allowance(conn), 0), lengths[conn] - conn.held)
+        budget.change(step)
+        conn.held += step
+        if conn.held == lengths[conn]:
+            readers.forget(conn)
+            done.append(conn)
+        assert budget.used <= budget.bulk + 16 * MiB
+
+
 def test_resuming_follows_the_free_budget_in_order():
     budget = Budget(10 * MiB)
-    readers = Readers(budget)
-    conns = [Conn(n) for n in range(8)]
+    readers = Readers(budget, lambda: False)
+    conns = [Conn(n, held=1) for n in range(8)]
     for conn in conns:
         readers.reading[conn] = readers.paused[conn] = None
-    budget.change(10 * MiB)
+    budget.change(budget.bulk + 2)
     assert readers.to_resume() == []
+    budget.change(-1)
+    assert readers.to_resume() == [conns[0]], "the oldest, whose rest fits"
+    budget.change(-1)
     budget.change(-3 * MiB)
-    assert readers.to_resume() == conns[:3]
+    assert readers.to_resume() == conns[1:4]
     budget.change(-7 * MiB)
-    assert readers.to_resume() == conns[3:]
+    assert readers.to_resume() == conns[4:]
 
 
 class Trickle:
@@ -156,9 +199,23 @@ def test_a_frame_that_is_all_there_takes_one_buffer_of_its_size():
         payload = os.urandom(150_000)
         theirs.sendall(wire.pack(payload))
         reader = frames.FrameReader(MiB)
-        assert not reader.read_from(ours, allowance=0)  # the header, and what came with it
+        assert not reader.read_from(ours, allowance=1)  # the header, and what came with it
         assert reader.capacity == len(payload), "sized by what the kernel holds"
         assert reader.read_from(ours)
+        assert bytes(reader.payload) == payload
+
+
+def test_past_the_budget_a_first_read_holds_only_what_came():
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        payload = os.urandom(150_000)
+        theirs.sendall(wire.pack(payload))
+        reader = frames.FrameReader(MiB)
+        assert not reader.read_from(ours, allowance=-5, room=0)
+        assert reader.capacity == reader.got
+        assert reader.capacity < len(payload)
+        while not reader.read_from(ours):
+            pass
         assert bytes(reader.payload) == payload
 
 

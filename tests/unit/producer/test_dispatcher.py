@@ -12,6 +12,7 @@ class Request:
     def __init__(self, request_id):
         self.request_id = request_id
         self.payload = b"p%d" % request_id
+        self.size_in = len(self.payload)
         self.closed = False
 
     def __repr__(self):
@@ -398,3 +399,69 @@ def test_every_request_runs_exactly_once(steps):
     ran = [r for w in workers.values() for r in w.ran]
     assert sorted(ran) == list(range(1, submitted + 1)), "each request ran exactly once"
     assert sorted(answered) == sorted(ran)
+
+
+class Sized(Request):
+    def __init__(self, request_id, size):
+        super().__init__(request_id)
+        self.size_in = size
+
+
+def near_limit(limit, used, replies=0):
+    from gaspar2.frontend.budget import Budget
+    budget = Budget(limit)
+    budget.change(used)
+    budget.replies = replies
+    return budget
+
+
+def test_near_the_limit_echoes_and_small_requests_pass_a_costly_one():
+    MiB = 2**20
+    budget = near_limit(64 * MiB, 60 * MiB, replies=40 * MiB)
+    budget.reply_seen(8 * MiB, 8 * MiB)         # echoes of 8 MiB
+    budget.reply_seen(100, 100)                 # small echoes
+    budget.reply_seen(10, 16 * MiB)             # tiny requests with large replies
+    dispatcher = Dispatcher(Events(), budget=budget)
+    workers = {n: Worker() for n in (1, 2)}
+    for n, worker in workers.items():
+        dispatcher.add(Seat(n, worker.send, 8))
+    for request in [Sized(1, 10), Sized(2, 8 * MiB), Sized(3, 100), Sized(4, 12),
+                    Sized(5, 8 * MiB)]:
+        dispatcher.submit(request)
+    assert dispatcher.dispatch()
+    sent = sorted(r for worker in workers.values() for batch in worker.batches for r in batch)
+    assert sent == [2, 3, 5], "what costs nothing goes; the costly ones wait, in order"
+    assert [r.request_id for r in dispatcher.waiting] == [1, 4]
+
+
+@settings(max_examples=300)
+@given(limit=st.integers(2**20, 2**30), used=st.integers(0, 2**30),
+       replies=st.integers(0, 2**30),
+       seen=st.lists(st.tuples(st.integers(0, 2**24), st.integers(0, 2**26)), max_size=20),
+       sizes=st.lists(st.integers(0, 2**24), min_size=1, max_size=40))
+def test_near_the_limit_what_replies_may_add_fits_or_one_goes_alone(limit, used, replies, seen,
+                                                                     sizes):
+    budget = near_limit(limit, used, min(replies, used))
+    for size_in, size_out in seen:
+        budget.reply_seen(size_in, size_out)
+    dispatcher = Dispatcher(Events(), budget=budget)
+    worker = Worker()
+    dispatcher.add(Seat(1, worker.send, 1000))
+    requests = [Sized(n, size) for n, size in enumerate(sizes, 1)]
+    for request in requests:
+        dispatcher.submit(request)
+    dispatcher.dispatch()
+    sent = [r for r in requests if r.request_id in dispatcher.seats[1].held]
+    if budget.far_from_limit():
+        assert len(sent) == len(requests)
+        return
+    planned = [budget.cost(r.size_in) for r in sent]
+    costly = [p for p in planned if p]
+    assert not costly or sum(costly) <= limit - used or (len(costly) == 1 and not budget.replies)
+    waiting = list(dispatcher.waiting)
+    assert all(budget.cost(r.size_in) for r in waiting), "only costly requests wait"
+    assert [r.request_id for r in waiting] == sorted(r.request_id for r in waiting)
+    if waiting:     # a costly one waits only behind (or as) one that did not fit
+        first = waiting[0]
+        assert budget.cost(first.size_in) > limit - used - sum(
+            p for r, p in zip(sent, planned, strict=True) if r.request_id < first.request_id)
