@@ -16,6 +16,7 @@ left unread on a failure. Clients see the same contract on both: a reset means f
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -108,6 +109,7 @@ class Listener:
         self.identity = file_identity(path) if path else None
         # Called on each accepted socket: False when it closed it (an abstract socket's rule).
         self.admit: Callable[[Any], bool] | None = None
+        self.owned = False          # opened here, not inherited (systemd, fd://)
 
     def reader(self, max_size: int) -> Any:
         return HeldBackReader(max_size) if self.unix else frames.FrameReader(max_size)
@@ -119,6 +121,34 @@ class Listener:
                 os.unlink(self.path)
             except OSError:
                 pass
+
+
+# A classic BPF program for a TCP listener, which sees each segment from its TCP header: drop
+# those with SYN set and ACK clear (new handshakes), keep the rest.
+SYN_DROP = ((0x30, 0, 0, 13),            # load the flags byte
+            (0x54, 0, 0, 0x12),          # keep SYN and ACK
+            (0x15, 0, 1, 0x02),          # SYN alone?
+            (0x06, 0, 0, 0),             # yes: drop
+            (0x06, 0, 0, 0xFFFFFFFF))    # no: keep all of it
+SO_ATTACH_FILTER = getattr(socket, "SO_ATTACH_FILTER", 26)
+
+
+def refuse_handshakes(listener: Listener) -> bool:
+    """Before a TCP listener this process opened is closed: drop new handshakes, while those
+    under way complete and are accepted. Closing at once would reset a connection whose
+    handshake was in flight, and a load balancer that had forwarded a request on it cannot
+    send it elsewhere; a dropped SYN is sent again a second later, finds the port closed, and
+    goes elsewhere. False where this cannot be done (the listener is closed as before)."""
+    if listener.unix or not listener.owned:
+        return False            # an inherited socket outlives this process: leave it as given
+    code = b"".join(struct.pack("HBBI", *insn) for insn in SYN_DROP)
+    program = ctypes.create_string_buffer(code, len(code))
+    try:        # struct sock_fprog: the count, then a pointer (natively aligned)
+        listener.sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER,
+                                 struct.pack("HP", len(SYN_DROP), ctypes.addressof(program)))
+    except OSError:
+        return False
+    return True
 
 
 def announce(listeners: list[Listener], activated: Any) -> tuple[list[str], str, Any]:
@@ -192,7 +222,9 @@ def open_one(address: str, backlog: int, unix_mode: int) -> Listener:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
-        return prepare(sock, backlog, None)
+        listener = prepare(sock, backlog, None)
+        listener.owned = True
+        return listener
     except BaseException:
         sock.close()
         raise

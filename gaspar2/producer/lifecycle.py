@@ -41,6 +41,7 @@ from .transport import Announcing, Transport
 log = logging.getLogger("gaspar2")
 
 SWEEP_INTERVAL = 0.1           # how often timeouts are checked
+HANDSHAKES_UNDER_WAY = 0.1     # stopping: how long handshakes in flight may take to complete
 # The thread's own, not a greenlet's, whatever monkey patching did.
 THREAD_IDENT: Callable[[], int] = gevent.monkey.get_original("_thread", "get_ident")
 HUB_SILENCE = 5.0               # a start(blocking=False) whose hub never runs is told after this
@@ -275,6 +276,8 @@ class Producer:
         self.state = State.DRAINING
         self.path.closing = self.path.draining = True
         self.notifier.stopping("stopping: finishing %d requests" % len(self.path.conns))
+        if self.path.refuse_handshakes():
+            gevent.sleep(HANDSHAKES_UNDER_WAY)      # they complete, and are accepted
         self.path.stop_accepting()
         if self.path.conns:
             timeout = self.settings.graceful_timeout if timeout is None else timeout

@@ -42,6 +42,7 @@ from typing import Any, Protocol
 
 import zmq
 
+from ..frontend import listeners
 from ..frontend.budget import Budget, MiB, Readers, default_limit, release_memory
 from ..frontend.connections import Connection
 from ..frontend.fds import FdReserve, reserve_for
@@ -236,6 +237,11 @@ class RequestPath:
         self._resume_accepting()
         if not self.accepting and self.listeners and self.fds.short():
             self._retry_accepting(ACCEPT_PAUSE)
+
+    def refuse_handshakes(self) -> bool:
+        """Let no new connection in, while those under way complete (see listeners.py);
+        True if a listener does so, and the stop should wait a moment for them."""
+        return any([listeners.refuse_handshakes(listener) for listener in self.listeners])
 
     def stop_accepting(self) -> None:
         """Close the listeners, taking in first the connections the kernel already completed:

@@ -39,7 +39,8 @@ def settled(server, baseline, workers):
     return current
 
 
-@pytest.mark.parametrize("seconds", [pytest.param(10, id="10s")])
+@pytest.mark.parametrize("seconds", [pytest.param(5, id="5s"),
+                                     pytest.param(30, id="30s", marks=pytest.mark.heavy)])
 def test_worker_chaos(serve, seconds):
     server = serve("gaspar2.examples:echo", "--workers", "2")
     baseline = server.status()

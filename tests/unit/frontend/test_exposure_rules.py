@@ -4,13 +4,14 @@ checked, and how a peer's bytes are quoted in a log line. No server, no process.
 
 import ast
 import os
+import socket
 import stat
 
 import pytest
 from hypothesis import given, strategies as st
 
 from gaspar2 import logs
-from gaspar2.frontend import httpd
+from gaspar2.frontend import httpd, listeners
 from gaspar2.frontend.listeners import admits
 from gaspar2.producer.metrics import connections_for
 from gaspar2.protocol import curve
@@ -142,3 +143,22 @@ def test_a_secret_key_others_may_read_or_change_is_refused(tmp_path, umask_022, 
     assert "%04o" % mode in message
     os.chmod(secret_path, 0o400)
     assert curve.load_secret(secret_path)
+
+
+def test_a_listener_refusing_handshakes_lets_the_ones_under_way_in():
+    """New SYNs are dropped (the client's kernel tries again later), while a connection
+    whose handshake was done keeps its bytes coming and is accepted."""
+    listener = listeners.open_one("127.0.0.1:0", 16, 0o660)
+    with listener.sock:
+        listener.sock.setblocking(True)
+        address = listener.sock.getsockname()
+        before = socket.create_connection(address, timeout=5)
+        assert listeners.refuse_handshakes(listener)
+        before.sendall(b"under way")
+        accepted, _ = listener.sock.accept()
+        with before, accepted:
+            assert accepted.recv(16) == b"under way"
+        with pytest.raises(TimeoutError):
+            socket.create_connection(address, timeout=0.2)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(address, timeout=5)
