@@ -1,13 +1,14 @@
 """What happens once a reply is written in full: whether the client got it.
 
-A TCP send succeeds as soon as the kernel has the bytes, so a client that had already closed
-its connection would be counted ``ok``; its kernel answers the reply with a reset instead.
-When outcomes are observed (access log, metrics) and the client's FIN came before its reply
-(one peek, only then), the reply is completed with a FIN and the outcome is read from the
-socket: a reset or error means ``client_gone``, every byte acknowledged means ``ok``. A
-client that only half-closed (``shutdown(SHUT_WR)``, which the protocol allows) gets its
-reply and EOF at once; the producer merely holds the socket a round trip longer. Nothing
-acknowledged within ``CHECKS`` counts as ``client_gone``.
+A TCP send succeeds as soon as the kernel has the bytes, so a client that had closed or
+reset its connection, or read part of a large reply and reset, would be counted ``ok``.
+When outcomes are observed (access log, metrics), the reply is completed with a FIN and the
+connection is held until the client's own FIN: then every byte acknowledged means ``ok``,
+and a reset or error means ``client_gone``. Bytes the client sends after its frame (the
+protocol has none) are ``bad_frame``: its kernel would answer the close with a reset, and
+the client could lose the reply it was reading. A client that holds its end open long
+after its reply is let go by ``write_timeout``. When nobody observes outcomes, a reply
+written in full is closed at once and counted ``ok``.
 
 On a unix socket the byte a ``HeldBackReader`` left is taken first (see listeners.py); a
 unix peer that is gone makes the send itself fail, so no check is needed there.
@@ -21,18 +22,12 @@ import struct
 import termios
 from typing import Any
 
+from ..guard import guarded
 from .listeners import PEEK, release
 
 CHECKS = (0.002, 0.01, 0.05, 0.2, 0.5, 1.0)     # delays between checks, in seconds
+READ = 1
 OUTQ = struct.Struct("i")
-
-
-def peer_closed(sock: Any) -> bool:
-    """The client's FIN is in: EOF is waiting in the socket."""
-    try:
-        return bool(sock.recv(1, PEEK) == b"")
-    except OSError:
-        return False
 
 
 def unacknowledged(sock: Any) -> int:
@@ -67,23 +62,45 @@ class Delivery:
     def __init__(self, loop: Any, frontend: Any, confirm: bool):
         self.loop = loop
         self.frontend = frontend
-        self.confirm = confirm          # outcomes are observed: confirm early closers
+        self.confirm = confirm          # outcomes are observed: confirm what the client got
 
     def __call__(self, conn: Any) -> None:
         sock = conn.sock
         if sock.family == socket.AF_UNIX:
             release(sock)
-        elif self.confirm and peer_closed(sock):
+        elif self.confirm:
             try:
                 sock.shutdown(socket.SHUT_WR)
             except OSError:
                 self._gone(conn)
                 return
-            conn.reply = memoryview(b"")      # written: no request timeout applies any more
-            self._check(conn, 0)
+            conn.reply = memoryview(b"")      # written: write_timeout lets a lingerer go
+            conn.since = self.loop.now()
+            if conn.watcher is not None:
+                conn.watcher.close()
+            conn.watcher = self.loop.io(sock.fileno(), READ)
+            conn.watcher.start(self._on_readable, conn)
             return
         self.frontend.close_replied(conn)
 
+    @guarded
+    def _on_readable(self, conn: Any) -> None:
+        """The client's FIN, its reset, or bytes it should not have sent."""
+        try:
+            data = conn.sock.recv(1, PEEK)
+        except BlockingIOError:
+            return
+        except OSError:
+            self._gone(conn)
+            return
+        conn.watcher.stop()
+        if data:
+            self.frontend.fail(conn, "bad_frame", "bytes after its frame, once its reply was "
+                               "sent: reset", quiet=True)
+        else:
+            self._check(conn, 0)
+
+    @guarded
     def _check(self, conn: Any, step: int) -> None:
         if conn.closed:
             return

@@ -115,6 +115,31 @@ def test_access_log_says_what_a_client_gone_before_its_reply_got(serve):
     assert not re.search(r"127\.0\.0\.1:%d ok" % gone, server.log())
 
 
+def test_access_log_says_what_a_client_that_reset_or_spoke_out_of_turn_got(serve):
+    server = serve("tests.handlers:work", "-w", "1", "--access-log")
+    # Reads 1,000 bytes of a 900 KiB reply (the kernels hold the rest), then resets.
+    with connect(server) as sock:
+        sock.sendall(frame(b"big:921600"))
+        got = 0
+        while got < 1000:
+            got += len(sock.recv(1000 - got))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset = sock.getsockname()[1]
+    server.wait_log(r"127\.0\.0\.1:%d client_gone in=10 out=0" % reset)
+    # Sends bytes after its frame, once the reply is in: it would see the reply, then a reset.
+    with connect(server) as sock:
+        sock.sendall(frame(b"pid"))
+        reply = sock.recv(64)
+        sock.sendall(b"more")
+        late = sock.getsockname()[1]
+    assert reply == str(server.worker_pids()[0]).encode()
+    server.wait_log(r"127\.0\.0\.1:%d bad_frame in=3 out=0" % late)
+    # A client that reads its reply and closes, as the protocol has it, is ok.
+    assert client.request(server.url, b"big:921600", timeout=30) == b"x" * 921600
+    server.wait_log(r"ok in=10 out=921600")
+    assert not re.search(r"127\.0\.0\.1:(%d|%d) ok" % (reset, late), server.log())
+
+
 def get(url):
     """(status, body) of a GET; None while nothing listens."""
     try:
