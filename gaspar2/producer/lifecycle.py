@@ -41,7 +41,8 @@ from .transport import Announcing, Transport
 log = logging.getLogger("gaspar2")
 
 SWEEP_INTERVAL = 0.1           # how often timeouts are checked
-HANDSHAKES_UNDER_WAY = 0.1     # stopping: how long handshakes in flight may take to complete
+HANDSHAKES_UNDER_WAY = 0.1     # stopping: how long handshakes in flight may take to complete,
+QUIET_ACCEPTS = 0.01           # and how long without one means they have
 # The thread's own, not a greenlet's, whatever monkey patching did.
 THREAD_IDENT: Callable[[], int] = gevent.monkey.get_original("_thread", "get_ident")
 HUB_SILENCE = 5.0               # a start(blocking=False) whose hub never runs is told after this
@@ -277,7 +278,7 @@ class Producer:
         self.path.closing = self.path.draining = True
         self.notifier.stopping("stopping: finishing %d requests" % len(self.path.conns))
         if self.path.refuse_handshakes():
-            gevent.sleep(HANDSHAKES_UNDER_WAY)      # they complete, and are accepted
+            self._take_handshakes_under_way()
         self.path.stop_accepting()
         if self.path.conns:
             timeout = self.settings.graceful_timeout if timeout is None else timeout
@@ -287,6 +288,16 @@ class Producer:
         self.path.fail_all("refused", "the server stopped before this request was answered")
         self._close()
         log.info("stopped")
+
+    def _take_handshakes_under_way(self) -> None:
+        """New handshakes are refused: accept on until none has come for ``QUIET_ACCEPTS``
+        (they take a round trip), ``HANDSHAKES_UNDER_WAY`` at most."""
+        deadline = time.monotonic() + HANDSHAKES_UNDER_WAY
+        while time.monotonic() < deadline:
+            accepted = self.path.accepted
+            gevent.sleep(QUIET_ACCEPTS)
+            if self.path.accepted == accepted:
+                return
 
     def _stop_from(self, timeout: float | None) -> None:
         """stop() called from a thread other than the one whose hub serves: run it there."""
