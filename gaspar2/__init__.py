@@ -5,5 +5,6 @@ __version__ = "0.1.0"
 from . import client
 from .consumer import Consumer
 from .producer import Producer
+from .workers.command import Command
 
-__all__ = ["Consumer", "Producer", "__version__", "client"]
+__all__ = ["Command", "Consumer", "Producer", "__version__", "client"]

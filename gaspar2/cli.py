@@ -16,11 +16,12 @@ from collections.abc import Callable
 from typing import Any, BinaryIO
 
 from . import __version__, client, config, logs, settings
-from .consumer import as_consumer, reply_bytes
+from .consumer import Consumer, as_consumer, reply_bytes
 from .frontend import listeners
-from .loading import EXIT_BOOT, EXIT_USAGE, find_module, probe, resolve
+from .loading import EXIT_BOOT, EXIT_LOAD, EXIT_USAGE, find_module, probe, resolve
 from .producer.lifecycle import Producer, WorkerBootError
 from .protocol.curve import KeyFileError, generate_keys
+from .workers.command import Command
 from .workers.group import serve_group
 
 log = logging.getLogger("gaspar2")
@@ -38,7 +39,7 @@ request; --graceful-timeout is the time a stop gives to the requests under way.
 
 exit status: 0 stopped by a signal, 1 cannot serve (address in use...), 2 usage (command
 line, GASPAR2_CMD_ARGS, config file), 3 a worker cannot start (the app's import or setup()
-raised), 4 the app cannot be found (no such module or attribute).
+raised), 4 the app cannot be found (no such module or attribute, or --exec's program).
 """
 
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_arguments(serve)
 
     worker = commands.add_parser("worker", help="run workers for a producer on another machine")
-    worker.add_argument("target", metavar="MODULE:ATTR", help=TARGET_HELP)
+    worker.add_argument("target", metavar="MODULE:ATTR", nargs="?", help=TARGET_HELP)
     worker.set_defaults(parser=worker)
     worker.add_argument("--connect", required=True, metavar="tcp://HOST:PORT",
                         help="the producer's --remote-workers endpoint")
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="these workers' .key_secret")
     worker.add_argument("--curve-server-key", default=None, metavar="FILE",
                         help="the producer's public .key")
-    settings.add_arguments(worker, ("heartbeat", "log_level", "log_format", "error_logfile",
+    settings.add_arguments(worker, ("exec", "heartbeat", "log_level", "log_format", "error_logfile",
                                     "max_message_size"))
 
     keys = commands.add_parser("keys", help="generate a CURVE key pair")
@@ -133,6 +134,26 @@ def prepare(command: str, values: Any, target: str) -> int:
         return usage_error(command, exc)
 
 
+def what_to_serve(command: str, values: Any, target: str | None) -> str | Command | int:
+    """Start logging, then find MODULE:ATTR, or the program of ``--exec`` (a Command); an
+    exit code when neither or both are given, or what they name cannot be found."""
+    if (target is None) == (values.exec is None):
+        return usage_error(command, "give MODULE:ATTR or --exec, not both" if target is not None
+                           else "MODULE:ATTR is required (or --exec 'PROGRAM ARG...')")
+    if target is not None:
+        return prepare(command, values, target) or target
+    try:
+        start_logging(values)
+    except OSError as exc:
+        return usage_error(command, "cannot open a log file: %s" % exc)
+    program = Command(values.exec)
+    wrong = program.problem()
+    if wrong:
+        log.error("cannot start %s: %s", program, wrong)
+        return EXIT_LOAD
+    return program
+
+
 def gather(args: argparse.Namespace) -> tuple[dict[str, Any], settings.Settings, str | None]:
     """Every source merged by precedence, resolved, and the config file read (if any)."""
     given = {k: v for k, v in vars(args).items() if k in settings.BY_NAME}
@@ -150,14 +171,12 @@ def serve(args: argparse.Namespace) -> int:
     if values.print_config:
         sys.stdout.write(config.render(values, path))
         return 0
-    if args.target is None:
-        return usage_error("serve", "MODULE:ATTR is required")
-    code = prepare("serve", values, args.target)
-    if code:
-        return code
+    target = what_to_serve("serve", values, args.target)
+    if isinstance(target, int):
+        return target
     options = settings.producer_options(merged)
     options["access_log"] = bool(values.access_log or values.access_logfile)
-    return run(args.target, options, functools.partial(workers_wanted, args))
+    return run(target, options, functools.partial(workers_wanted, args))
 
 
 def workers_wanted(args: argparse.Namespace) -> int | None:
@@ -174,7 +193,7 @@ def workers_wanted(args: argparse.Namespace) -> int | None:
     return wanted  # type: ignore[no-any-return]
 
 
-def run(target: str, options: dict[str, Any],
+def run(target: str | Consumer, options: dict[str, Any],
         workers_on_reload: Callable[[], int | None] | None = None) -> int:
     try:
         producer = Producer(target, **options)
@@ -290,11 +309,11 @@ def worker(args: argparse.Namespace) -> int:
     values = settings.Settings(**{**settings.DEFAULTS, **vars(args)})
     if bool(args.curve_secret_key) != bool(args.curve_server_key):
         return usage_error("worker", "CURVE needs both --curve-secret-key and --curve-server-key")
-    code = prepare("worker", values, args.target)
-    if code:
-        return code
+    target = what_to_serve("worker", values, args.target)
+    if isinstance(target, int):
+        return target
     try:
-        return serve_group(args.target, args.connect, args.workers, args.listen,
+        return serve_group(target, args.connect, args.workers, args.listen,
                            args.advertise, args.curve_secret_key, args.curve_server_key,
                            values.heartbeat, values.max_message_size)
     except KeyFileError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shlex
 import types
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +73,19 @@ def addresses(value: str | list[str] | tuple[str, ...]) -> list[str]:
     return [item.strip() for item in items]
 
 
+def command_line(value: str | list[str] | tuple[str, ...]) -> str:
+    """A program and its arguments, as one line a shell would split (a config file may
+    give a list of words)."""
+    line = value if isinstance(value, str) else shlex.join(str(word) for word in value)
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        raise ValueError("cannot split %r: %s" % (line, exc)) from None
+    if not words:
+        raise ValueError("expected a program and its arguments, got %r" % (value,))
+    return line
+
+
 def seconds(text: str | float) -> float:
     value = float(text)
     if value < 0:
@@ -102,6 +116,11 @@ SETTINGS: tuple[Setting, ...] = (
       "port", ("--port",), "PORT"),
     S("unix_socket_mode", 0o660, mode, "the permissions of a unix:PATH socket file (octal)",
       ("--unix-socket-mode",), "MODE"),
+    S("exec", None, command_line,
+      "serve a program instead of MODULE:ATTR: each worker runs one PROGRAM with its ARGs "
+      "(split as a shell splits them, run without one; $WID is the worker's id) and hands it "
+      "each request on its standard input (see the README, 'Workers in any language')",
+      ("--exec",), "'PROGRAM ARG...'", producer=False),
     S("workers", None, int, "worker processes (default: one per CPU)", ("-w", "--workers"), "N"),
     S("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, size,
       "a request whose length prefix says more is refused (reset) unread",

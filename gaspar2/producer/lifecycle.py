@@ -29,6 +29,7 @@ from ..frontend import listeners
 from ..loading import forget_setup_failures, preload
 from ..protocol.progress import ProgressTable
 from ..workers import forkserver
+from ..workers.command import Command
 from ..workers.process import make_ipc_dir, raise_open_file_limit, set_title
 from ..workers.supervisor import Supervisor
 from ..workers.worker import LocalWorkers
@@ -87,7 +88,8 @@ class Producer:
         listeners.validate(self.settings.bind)
         self.spec, self.consumer = target_of(consumer)
         self.name = (self.settings.name or self.spec
-                     or (describe(self.consumer) if self.consumer is not None else "?"))
+                     or (str(self.consumer) if isinstance(self.consumer, Command)
+                         else describe(self.consumer) if self.consumer is not None else "?"))
         self.state = State.STARTING
         self._stop_signal = ("", 0.0)   # the first stop signal, and when it was logged
         self.running = gevent.event.Event()

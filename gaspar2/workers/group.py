@@ -12,6 +12,7 @@ of workers running, with the same back-off as local supervision.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -189,22 +190,24 @@ class WorkerGroup:
                 break
 
 
-def serve_group(spec: str, connect: str, workers: int, listen_host: str,
+def serve_group(spec: str | Consumer, connect: str, workers: int, listen_host: str,
                 advertise_host: str | None, secret_key_file: str | None,
                 server_key_file: str | None, heartbeat: float,
                 max_message_size: int = wire.DEFAULT_MAX_MESSAGE_SIZE) -> int:
-    """Keep ``workers`` remote worker processes running for the producer at ``connect``."""
+    """Keep ``workers`` remote worker processes running for the producer at ``connect``,
+    serving ``spec``: a ``MODULE:ATTR`` each worker imports, or a Consumer (a ``Command``)
+    that fork copies into each."""
     keys = curve.load_secret(secret_key_file) if secret_key_file else None
     server_key = curve.load_public_keys(server_key_file)[0] if server_key_file else None
     advertise = numeric(advertise_host) if advertise_host else route_address(connect)
 
     def make_worker(leader: int) -> RemoteWorker:
-        return RemoteWorker(lambda: as_consumer(spec), connect, listen_host, advertise,
+        return RemoteWorker(functools.partial(as_consumer, spec), connect, listen_host, advertise,
                             keys, server_key, heartbeat, leader, max_message_size)
 
     log.info("joining %s", connect)
     pin_malloc()
-    return WorkerGroup(spec, workers, make_worker).run()
+    return WorkerGroup(str(spec), workers, make_worker).run()
 
 
 def numeric(host: str) -> str:

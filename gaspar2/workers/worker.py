@@ -35,6 +35,7 @@ from ..loading import EXIT_BOOT, forget_setup_failures, report_setup_failure
 from ..protocol import wire
 from ..protocol.arena import Arena, place
 from ..protocol.progress import DUMP_SIGNAL, ProgressTable, offer_stack, stack_path
+from .command import Command, ProgramError
 from .process import original, set_title
 
 log = logging.getLogger("gaspar2.worker")
@@ -103,12 +104,19 @@ class Worker:
         self.arena: memoryview | None = None    # large bodies and their replies, shared
         self.place: tuple[int, int] | None = None   # the current body's offset, capacity
         self.as_view = False            # the handler takes a memoryview
+        self.command: Command | None = None     # the handler is a program (see command.py)
+        self.wait: Callable[[], None] = self._wait  # for requests: _wait_watching for a program
+        self.exit_status = 0
 
     def run(self) -> int:
         """Serve until told to stop or orphaned; returns the exit status."""
         original("signal", "signal")(signal.SIGTERM, self._on_term)
         try:
             self.consumer = self.make_consumer()
+            if isinstance(self.consumer, Command):
+                self.command = self.consumer
+                self.command.attach(self.id, lambda: self.max_reply_size)
+                self.wait = self._wait_watching
             self.consumer.setup()
             self.as_view = bool(getattr(self.consumer, "accepts_memoryview", False))
             # Given a memoryview only if it accepts_memoryview (see _run).
@@ -123,8 +131,10 @@ class Worker:
             self.serving = True
             self._serve()
         finally:
+            if self.command is not None:
+                self.command.close()
             ctx.destroy(linger=2000)
-        return 0
+        return self.exit_status
 
     def _connect(self, ctx: zmq.SyncContext) -> None:
         self.pull = ctx.socket(zmq.PULL)
@@ -155,7 +165,7 @@ class Worker:
             while not self.queue:
                 if self.stopping or os.getppid() != self.parent_pid:
                     return None
-                self._wait()
+                self.wait()
             epoch, seq, request_id, payload, shared = self.queue.popleft()
             now = time.monotonic()
             if self.progress.claim(self.slot, epoch, seq, request_id, now):
@@ -187,6 +197,23 @@ class Worker:
         if heard:
             self.contact = time.monotonic()
 
+    def _wait_watching(self) -> None:
+        """``_wait`` for a worker whose handler is a program: its stderr is logged, and a
+        child that broke while idle replaced, while the worker waits for requests."""
+        assert self.command is not None
+        self.waiting = True
+        try:
+            readable = self.command.idle(self.pull, PARENT_CHECK_MS)
+        except ProgramError:            # it cannot be started again: logged, and we leave
+            self.exit_status = EXIT_BOOT
+            raise StopNow from None
+        finally:
+            self.waiting = False
+        if readable:
+            self._wait()                # at once: a message is there
+        else:
+            self.progress.beat(self.slot, time.monotonic())
+
     def _control(self, frames: wire.Frames) -> bool:
         """A control message from the producer (remote workers act on them); True if it
         was one."""
@@ -199,6 +226,10 @@ class Worker:
             else:
                 message = payload if self.as_view else bytes(payload)
             body = reply_bytes(self.handle(message))
+        except ProgramError as exc:     # the program failed it, or broke (see command.py)
+            self._fail(request_id, exc.text)
+            if exc.broken:
+                self._recover(exc.text)
         except BaseException:       # SystemExit, KeyboardInterrupt: fail the request alone
             self._fail(request_id, traceback.format_exc())
         else:
@@ -210,6 +241,15 @@ class Worker:
         slow_after = max(self.slow_min, 4 * self.typical)
         self.typical += (min(done - began, slow_after) - self.typical) * 0.2
         self.progress.done(self.slot, slow_after, done)
+
+    def _recover(self, why: str) -> None:
+        """A fresh child before the next request, its failed one still showing as running
+        in the progress slot: the producer takes back what this worker holds meanwhile."""
+        assert self.command is not None
+        if not self.command.recover(lambda: self.stopping or os.getppid() != self.parent_pid,
+                                    why):
+            self.exit_status = EXIT_BOOT
+            raise StopNow
 
     def _shared_body(self, payload: memoryview) -> bytes | memoryview:
         """A body in the arena: bytes, or a memoryview if the handler takes one (no copy)."""
