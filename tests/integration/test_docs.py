@@ -1,4 +1,4 @@
-"""The deployment recipes in docs/, tried as far as this machine can: the systemd units pass
+"""The deployment recipes in docs/deploy/, tried as far as this machine can: the systemd units pass
 systemd-analyze and their command serves under socket activation and sd_notify; the config
 file example loads and serves; the container recipe's command and health check work."""
 
@@ -20,7 +20,7 @@ from conftest import ROOT, Server, environment, start_activated
 
 pytestmark = pytest.mark.timeout(120)
 
-DOCS = os.path.join(ROOT, "docs")
+DOCS = os.path.join(ROOT, "docs", "deploy")
 
 
 def read(name):
@@ -107,7 +107,7 @@ def test_the_config_file_example_loads():
 
 
 def dockerfile():
-    """(instruction, argument) pairs of docs/Dockerfile, continuation lines joined."""
+    """(instruction, argument) pairs of docs/deploy/Dockerfile, continuation lines joined."""
     text = re.sub(r"\\\n\s*", " ", read("Dockerfile"))
     return [tuple(line.split(None, 1)) for line in text.splitlines()
             if line.strip() and not line.startswith("#")]

@@ -1,5 +1,5 @@
 """A Producer embedded in programs that do not run gevent: a Flask app under its threaded
-server (the README's example, as written), and a plain threaded program; and what a program
+server (the documentation's example, as written), and a plain threaded program; and what a program
 that calls start(blocking=False) without running gevent is told."""
 
 import concurrent.futures
@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import urllib.request
 
 import pytest
@@ -44,17 +43,16 @@ def title(pid):
         return f.read().replace(b"\0", b" ").decode()
 
 
-def readme_flask_example():
-    with open(os.path.join(ROOT, "README.rst")) as f:
-        text = f.read()
-    start = text.index("    import gaspar2\n    from flask", text.index("From a WSGI or Django"))
-    return textwrap.dedent(text[start:text.index("\nInside a gevent WSGI server", start)])
+def docs_flask_example():
+    """The Flask app of docs/howto/embedding.rst, which includes it from this file."""
+    with open(os.path.join(ROOT, "docs", "examples", "flask_app.py")) as f:
+        return f.read()
 
 
-def test_readme_flask_example_serves_as_written(tmp_path):
+def test_docs_flask_example_serves_as_written(tmp_path):
     pytest.importorskip("flask")
     with socket_port() as port:
-        source = readme_flask_example().replace("app.run(threaded=True)",
+        source = docs_flask_example().replace("app.run(threaded=True)",
                                                 "app.run(threaded=True, port=%d)" % port)
     assert source.count("port=") == 1
     (tmp_path / "app.py").write_text(source)

@@ -57,7 +57,7 @@ def test_sdist_holds_the_whole_project(dist):
                      "tests/handlers.py", "tests/integration/test_clients.py", "scripts/check",
                      "gaspar2/producer/path.py", "client/README.rst",
                      "client/c/Makefile", "client/node/package.json", "client/perl/Makefile.PL",
-                     "client/java/Makefile", "benchmarks/run.py", "docs/gaspar2.service"]:
+                     "client/java/Makefile", "benchmarks/run.py", "docs/deploy/gaspar2.service"]:
         assert required in names, required
     tracked = project_files("gaspar2", "tests", "client", "benchmarks", "docs", "scripts")
     if tracked is not None:

@@ -1,6 +1,6 @@
-"""Stop signals as the README's table says: a signal delivered twice (to the producer and then
-to its whole process group) counts once; a second one sent after the first was logged stops
-at once."""
+"""Stop signals as docs/reference/signals.rst says: a signal delivered twice (to the
+producer and then to its whole process group) counts once; a second one sent after the first
+was logged stops at once."""
 
 import concurrent.futures
 import os
