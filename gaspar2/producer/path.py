@@ -70,6 +70,7 @@ RETRY_READ = 0.01           # after an error while draining a sink, look again t
 JOIN_RETRY = 0.1            # a worker that could not be connected for want of files
 TRIM_AFTER = 64 * 2**20     # hand freed memory back to the system past this much
 PRESSURE_LOG_EVERY = 30.0   # the buffer limit reached: one line this often at most
+CLIENT_CAUSED = frozenset({"bad_frame", "timeout", "client_gone"})     # outcomes: throttled
 
 
 class Owner(Protocol):
@@ -293,7 +294,8 @@ class RequestPath:
         except BlockingIOError:
             complete = False
         except wire.FrameError as exc:
-            self.fail(conn, "bad_frame", "bad frame: %s", exc, quiet=exc.is_probe)
+            self.fail(conn, "bad_frame", "bad frame: %s", exc, quiet=exc.is_probe,
+                      key="bad frame %s %s %s" % (exc.kind, exc.in_header, exc.is_probe))
             return
         except OSError as exc:
             self.fail(conn, "bad_frame", "read failed: %s", exc)
@@ -610,11 +612,18 @@ class RequestPath:
         self._close(conn, "ok", FIN_ON_CLOSE)
 
     def fail(self, conn: Connection, outcome: str, reason: str, *args: Any,
-             quiet: bool = False) -> None:
-        """Log why, then abort the connection so the client sees a reset, not a reply."""
+             quiet: bool = False, key: str | None = None) -> None:
+        """Log why, then abort the connection so the client sees a reset, not a reply. What
+        clients cause is logged once a second at most for each reason, with a count of the
+        others (the access log has a line for every request); ``key`` tells kinds of one
+        reason apart."""
         if conn.closed:
             return
-        log.log(logging.INFO if quiet else logging.WARNING, "%s: " + reason, conn, *args)
+        level = logging.INFO if quiet else logging.WARNING
+        if outcome in CLIENT_CAUSED:
+            self.throttled.log(level, key or reason, "%s: " + reason, conn, *args)
+        else:
+            log.log(level, "%s: " + reason, conn, *args)
         self._close(conn, outcome, RESET_ON_CLOSE)
 
     def fail_all(self, outcome: str, reason: str) -> None:
@@ -744,10 +753,9 @@ class RequestPath:
         for conn in list(self.conns):
             if conn.reader is not None:
                 if (s.read_timeout is not None and now - conn.since > s.read_timeout
-                        and conn not in self.readers.paused and not conn.closed):
-                    self.throttled.log(logging.WARNING, "read_timeout", "%s: no whole frame "
-                                       "within %s s (read_timeout)", conn, s.read_timeout)
-                    self._close(conn, "timeout", RESET_ON_CLOSE)    # a slowloris: one line
+                        and conn not in self.readers.paused):
+                    self.fail(conn, "timeout", "no whole frame within %s s (read_timeout)",
+                              s.read_timeout)
             elif conn.reply is not None:
                 if s.write_timeout is not None and now - conn.since > s.write_timeout:
                     self.fail(conn, "timeout", "reply not taken within %s s (write_timeout)",

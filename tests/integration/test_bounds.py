@@ -94,7 +94,7 @@ def test_clients_that_never_read_are_reset_and_their_memory_returns(serve):
     assert resets == 64 and took < 20
     assert peak < 256 * MiB + 64 * MiB
     assert latencies
-    assert server.log().count("(write_timeout)") == 64
+    assert 1 <= server.log().count("(write_timeout)") < 64, "logged, once a second at most"
 
 
 def test_slow_large_uploads_within_a_small_buffer_limit_come_back_whole(serve):

@@ -86,3 +86,17 @@ def test_any_split_of_a_frame_gives_the_same_reply(echo_server, payload, cuts):
         for start, end in zip([0, *points], [*points, len(data)], strict=True):
             sock.sendall(data[start:end])
         assert sock.makefile("rb").read() == payload
+
+
+def test_a_flood_of_bad_frames_is_logged_a_line_a_second(echo_server):
+    """Each refused connection is reset, but a crowd of them cannot fill the log: one line
+    a second for each kind, with a count of the others."""
+    before = echo_server.log().count("is over max_message_size")
+    for _ in range(200):
+        with connect(echo_server) as sock:
+            sock.sendall(struct.pack("!I", 2**32 - 1))
+            with pytest.raises(ConnectionResetError):
+                sock.recv(1)
+    assert client.request(echo_server.url, b"still serving", timeout=30) == b"still serving"
+    lines = echo_server.log().count("is over max_message_size") - before
+    assert 1 <= lines < 20, lines
