@@ -370,19 +370,25 @@ class Child:
             raise BadAnswer("an answer before the whole request was read")
         return reader.done
 
-    def drain_stderr(self) -> None:
-        """Log what the child wrote on stderr, a read's worth (64 KiB) at a time."""
+    def drain_stderr(self, gone: bool = False) -> bool:
+        """Log what the child wrote on stderr, a read's worth (64 KiB) at a time; False once
+        it is all read. ``gone``: the child has exited, so nothing more will come (a
+        grandchild that holds the pipe open is not waited for)."""
         try:
             data = os.read(self.stderr, READ_SIZE)
         except BlockingIOError:
-            return
+            if not gone:
+                return True
+            data = b""
         except OSError:
             data = b""
         for line in self.lines.feed(data) if data else self.lines.rest():
             self._log(line)
-        if not data:
-            self.stderr_open = False
-            self.poller.unregister(self.stderr)
+        if data:
+            return True
+        self.stderr_open = False
+        self.poller.unregister(self.stderr)
+        return False
 
     def _log(self, line: bytes) -> None:
         ok, skipped = self.budget.take()
@@ -422,17 +428,8 @@ class Child:
         stderr and close its pipes; its wait status."""
         if self.status is None:
             self.status = WAITPID(self.pid, 0)[1]
-        while self.stderr_open:     # what it wrote before it went; a grandchild that
-            try:                    # holds the pipe open is not waited for
-                data = os.read(self.stderr, READ_SIZE)
-            except BlockingIOError:
-                data = b""
-            except OSError:
-                data = b""
-            for line in self.lines.feed(data) if data else self.lines.rest():
-                self._log(line)
-            if not data:
-                self.stderr_open = False
+        while self.stderr_open and self.drain_stderr(gone=True):
+            pass                    # what it wrote before it went
         for pipe in self.pipes:
             try:
                 pipe.close()

@@ -26,7 +26,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import gevent.event
@@ -110,29 +110,15 @@ class Preloaded:
 
     def _spawn(self, worker_id: int, slot: int) -> None:
         parent = os.getpid()
-        # A TERM for the worker may come at once (a reload cancelling it): held pending
-        # until the child has left the preloader's SIG_IGN, else it would be lost.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        pid = FORK()
-        if pid == 0:
-            status = 1
-            try:
-                # Until the worker's own handler is in, a TERM must end it.
-                SET_SIGNAL(signal.SIGTERM, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-                signal.set_wakeup_fd(-1)
-                self.channel.close()
-                os.close(self.pipe[0])
-                os.close(self.pipe[1])
-                die_with_parent(parent)
-                refresh_inherited_hub()
-                status = self.run_worker(worker_id, slot, parent)
-            except BaseException:
-                log.exception("worker %d crashed", worker_id)
-            finally:
-                logging.shutdown()
-                os._exit(status)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+        def run() -> int:
+            self.channel.close()
+            os.close(self.pipe[0])
+            os.close(self.pipe[1])
+            die_with_parent(parent)
+            refresh_inherited_hub()
+            return self.run_worker(worker_id, slot, parent)
+        pid = fork_child(run, "worker %d" % worker_id)
         self.workers[pid] = worker_id
         self._send(wire.SPAWNED, worker_id, pid)
 
@@ -142,13 +128,7 @@ class Preloaded:
                 os.kill(pid, signum)
 
     def _reap(self) -> None:
-        while self.workers:
-            try:
-                pid, status = WAITPID(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in reaped():
             worker_id = self.workers.pop(pid, None)
             if worker_id is not None:
                 self._send(wire.EXITED, worker_id, pid, status)
@@ -303,29 +283,17 @@ class ForkServer:
     def _fork_preloader(self, number: int) -> Generation:
         ours, theirs = _socket.socketpair()
         server = os.getpid()
-        # A TERM that ends its import (superseded at once) is held until it can act.
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        pid = FORK()
-        if pid == 0:
-            status = 1
-            try:
-                SET_SIGNAL(signal.SIGTERM, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-                ours.close()
-                signal.set_wakeup_fd(-1)
-                os.close(self.pipe[0])
-                os.close(self.pipe[1])
-                self.channel.close()
-                for other in self.channels.values():
-                    other.channel.close()
-                die_with_parent(server)
-                status = run_preloader(theirs, number, self.preload, self.run_worker, self.name)
-            except BaseException:
-                log.exception("the preloader of generation %d crashed", number)
-            finally:
-                logging.shutdown()
-                os._exit(status)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+        def run() -> int:
+            ours.close()
+            os.close(self.pipe[0])
+            os.close(self.pipe[1])
+            self.channel.close()
+            for other in self.channels.values():
+                other.channel.close()
+            die_with_parent(server)
+            return run_preloader(theirs, number, self.preload, self.run_worker, self.name)
+        pid = fork_child(run, "the preloader of generation %d" % number)
         theirs.close()
         generation = Generation(number, pid, ours)
         self.generations[number] = self.preloaders[pid] = self.channels[ours.fileno()] = generation
@@ -368,13 +336,7 @@ class ForkServer:
             generation.channel = None
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = WAITPID(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in reaped():
             generation = self.preloaders.pop(pid, None)
             if generation is not None:
                 self._preloader_gone(generation, status)
@@ -467,6 +429,41 @@ def describe(status: int) -> str:
     if os.WIFSIGNALED(status):
         return "was killed by %s" % signal.Signals(os.WTERMSIG(status)).name
     return "exited with status %d" % os.WEXITSTATUS(status)
+
+
+def reaped() -> Iterator[tuple[int, int]]:
+    """(pid, status) of each child that has exited, without waiting for any."""
+    while True:
+        try:
+            pid, status = WAITPID(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
+
+
+def fork_child(run: Callable[[], int], what: str) -> int:
+    """Fork a process that runs ``run`` and exits with its status; returns its pid. SIGTERM
+    is held pending across the fork: a TERM sent to the child at once (a reload cancelling
+    it) would otherwise be lost in the SIG_IGN it inherits. In the child a TERM ends it
+    until ``run`` puts a handler of its own in."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    pid: int = FORK()
+    if pid == 0:
+        status = 1
+        try:
+            SET_SIGNAL(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            signal.set_wakeup_fd(-1)
+            status = run()
+        except BaseException:
+            log.exception("%s crashed", what)
+        finally:
+            logging.shutdown()
+            os._exit(status)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    return pid
 
 
 def start(run_worker: RunWorker, name: str, preload: Preload) -> tuple[int, Any]:
