@@ -66,7 +66,38 @@ RunWorker = Callable[[int, int, int], int]    # (worker id, progress slot, paren
 Preload = Callable[[], object]                # imports the app, or raises
 
 
-class Preloaded:
+class Commanded:
+    """Reads a control channel's commands: SPAWN and KILL, and those only a subclass
+    knows (``_other``)."""
+
+    channel: Any
+    reader: wire.RecordReader
+
+    def _spawn(self, worker_id: int, slot: int) -> None:
+        raise NotImplementedError
+
+    def _kill(self, worker_id: int, signum: int) -> None:
+        raise NotImplementedError
+
+    def _other(self, kind: int, a: int) -> None:
+        """A command other than SPAWN and KILL: none, unless a subclass has some."""
+
+    def _read_commands(self) -> bool:
+        """Act on what the channel holds; False at its end."""
+        records = read_records(self.channel, self.reader)
+        if records is None:
+            return False
+        for kind, worker_id, a, _ in records:
+            if kind == wire.SPAWN:
+                self._spawn(worker_id, a)
+            elif kind == wire.KILL:
+                self._kill(worker_id, a)
+            else:
+                self._other(kind, a)
+        return True
+
+
+class Preloaded(Commanded):
     """Runs in a preloader, once the app is imported: forks, signals and reaps the workers
     of its generation. Never returns."""
 
@@ -93,20 +124,6 @@ class Preloaded:
                     self._stop_workers()
                     os._exit(0)
             self._reap()
-
-    def _read_commands(self) -> bool:
-        try:
-            data = self.channel.recv(65536)
-        except OSError:
-            data = b""
-        if not data:
-            return False
-        for kind, worker_id, a, _ in self.reader.feed(data):
-            if kind == wire.SPAWN:
-                self._spawn(worker_id, a)
-            elif kind == wire.KILL:
-                self._kill(worker_id, a)
-        return True
 
     def _spawn(self, worker_id: int, slot: int) -> None:
         parent = os.getpid()
@@ -185,7 +202,7 @@ class Generation:
         self.released = False           # told to leave: its end is no news
 
 
-class ForkServer:
+class ForkServer(Commanded):
     """Runs in the fork server process; never returns. It routes the producer's commands to
     the preloader of each worker's generation, and their reports back."""
 
@@ -226,18 +243,9 @@ class ForkServer:
 
     # -- the producer's commands -------------------------------------------------------------
 
-    def _read_commands(self) -> bool:
-        data = self.channel.recv(65536)
-        if not data:
-            return False
-        for kind, worker_id, a, _ in self.reader.feed(data):
-            if kind == wire.SPAWN:
-                self._spawn(worker_id, a)
-            elif kind == wire.KILL:
-                self._kill(worker_id, a)
-            elif kind == GENERATION:
-                self._switch(a)
-        return True
+    def _other(self, kind: int, a: int) -> None:
+        if kind == GENERATION:
+            self._switch(a)
 
     def _spawn(self, worker_id: int, slot: int) -> None:
         failed = self.failed.get(self.current)
@@ -429,6 +437,15 @@ def describe(status: int) -> str:
     if os.WIFSIGNALED(status):
         return "was killed by %s" % signal.Signals(os.WTERMSIG(status)).name
     return "exited with status %d" % os.WEXITSTATUS(status)
+
+
+def read_records(channel: Any, reader: wire.RecordReader) -> list[tuple[int, int, int, int]] | None:
+    """The whole records a control channel has now; None at its end."""
+    try:
+        data = channel.recv(65536)
+    except OSError:
+        data = b""
+    return reader.feed(data) if data else None
 
 
 def reaped() -> Iterator[tuple[int, int]]:
