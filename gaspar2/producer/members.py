@@ -21,7 +21,13 @@ A message is bounded as a whole while it is read (``BoundedReader``): libzmq han
 only once all its frames are in, and holds them until then, but the producer takes in at
 most ``wire.MAX_FRAMES`` of them and ``wire.message_limit`` bytes, and throws the rest of a
 longer one away a slice per look, so the loop serves its clients in between. What libzmq
-holds before a message is whole is bounded only by who may connect: see README.rst.
+holds before a message is whole is bounded only by who may connect: see the documentation,
+"Remote workers: who may answer, and what bounds the endpoint".
+
+A HELLO says the protocol version the worker speaks (none: version 1). One the producer does
+not speak is refused, with a log line, and the worker is told why with a REFUSED instead
+of a WELCOME (sent through the same bounded handshake, and so to an endpoint that passed
+the same checks), so that the worker's own log shows it.
 
 A HELLO names an endpoint for the producer to connect to, so it is a claim too. Handshakes
 under way are bounded on their own (``Handshakes``): one per connection and one per
@@ -424,6 +430,7 @@ class RemoteMember:
         self.push = push
         self.token = secrets.randbits(64) | 1
         self.joined = False
+        self.refused: str | None = None     # why its protocol version is refused
         self.heard = self.pinged = now
 
     def __repr__(self) -> str:
@@ -473,7 +480,7 @@ class RemoteMembers:
 
     def hello(self, message: wire.Message, user_id: str | None, now: float) -> None:
         """A HELLO: start a handshake with a newcomer, or welcome again one that said it."""
-        if len(message.frames) != 3 or message.worker_id < wire.REMOTE_ID_MIN:
+        if len(message.frames) < 3 or message.worker_id < wire.REMOTE_ID_MIN:
             self._refuse("a HELLO without an endpoint, or with a local worker's id")
             return
         endpoint = wire.frame_bytes(message.frames[1])
@@ -482,9 +489,14 @@ class RemoteMembers:
             self._refuse("a HELLO whose key is not the one it authenticated with")
             return
         worker_id = message.worker_id
+        version = wire.hello_version(message.frames)
         member = self.members.get(worker_id) or self.handshakes.get(worker_id)
         if member is not None:
             if (member.endpoint, member.key) == (endpoint.decode(), key):
+                if member.joined and version not in wire.VERSIONS:
+                    self._refuse("a HELLO from joined %r saying protocol version %d"
+                                 % (member, version))
+                    return
                 if member.joined:
                     member.heard = now  # it had not heard from us: welcome it again
                 self._welcome(member)
@@ -505,8 +517,14 @@ class RemoteMembers:
         if why is not None:
             self._refuse("a HELLO naming %r: %s" % (endpoint.decode(), why))
             return
+        refused = None
+        if version not in wire.VERSIONS:
+            refused = ("protocol version %d, and this producer speaks %s"
+                       % (version, ", ".join(map(str, wire.VERSIONS))))
+            self.throttled.log(logging.WARNING, "version", "remote endpoint: refused the "
+                               "worker at %s: %s", endpoint.decode(), refused)
         self._admit(worker_id, message.field, endpoint.decode(), address, key,
-                    source_of(message.frames[0]), now)
+                    source_of(message.frames[0]), now, refused)
 
     def _own(self) -> list[Address]:
         """Every address this producer listens on."""
@@ -518,7 +536,9 @@ class RemoteMembers:
         return own
 
     def _admit(self, worker_id: int, pid: int, endpoint: str, address: Address, key: bytes,
-               source: int, now: float) -> None:
+               source: int, now: float, refused: str | None = None) -> None:
+        """Start a handshake: the worker is sent its WELCOME, or, if ``refused`` says why,
+        a REFUSED, and the handshake then lapses like one never answered."""
         if self.sink.fds is not None and self.sink.fds.short():
             self._refuse("a HELLO while short of file descriptors (it will say it again)")
             return
@@ -530,14 +550,16 @@ class RemoteMembers:
             self._refuse("a HELLO from %s: %s (it will say it again)" % (endpoint, exc))
             return
         member = RemoteMember(worker_id, pid, endpoint, address, key, push, now)
+        member.refused = refused
         self.handshakes.start(worker_id, source, address, now, member)
         self.endpoints[address] = worker_id
         self._welcome(member)
 
     def _welcome(self, member: RemoteMember) -> None:
+        frames = (wire.encode_refused(member.refused) if member.refused is not None
+                  else wire.encode_welcome(member.token, self.max_reply_size))
         try:
-            wire.send_frames(member.push, wire.encode_welcome(member.token, self.max_reply_size),
-                             wire.NOBLOCK)
+            wire.send_frames(member.push, frames, wire.NOBLOCK)
         except zmq.Again:
             pass
 
@@ -550,7 +572,7 @@ class RemoteMembers:
         member = self.members.get(message.worker_id)
         if member is None:
             member = self.handshakes.get(message.worker_id)
-            if member is None or member.token != message.token:
+            if member is None or member.token != message.token or member.refused is not None:
                 return False
             if self.sink.curve and user_id != member.key.decode():
                 return False
@@ -586,6 +608,8 @@ class RemoteMembers:
         heartbeats; hand back the memory a long hostile message left."""
         for _address, refused, member in self.handshakes.expire(now):
             self._forget(member)
+            if member.refused is not None:
+                continue        # logged when refused
             self.throttled.log(logging.WARNING, "given up", "remote endpoint: no answer from "
                                "%s within %.0f s of its HELLO: refusing it for %.0f s",
                                member.endpoint, self.handshakes.timeout, refused)

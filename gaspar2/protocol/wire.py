@@ -19,6 +19,9 @@ Worker -> producer, on a sink: a head that starts with the kind (one byte), the 
 worker's id and its token (what proves it is that worker, see producer/path.py), then the kind's
 own fields (see ``HEADS``). A kind with a body (``BODIED``) carries it after the head in the
 same frame (a producer also takes it as a second frame).
+
+The remote part of this protocol is specified, with its version rule, in the documentation
+(``docs/reference/worker-protocol.rst``): a change to it changes that page too.
 """
 
 from __future__ import annotations
@@ -36,7 +39,8 @@ DEFAULT_MAX_MESSAGE_SIZE = 64 * 2**20
 # Worker -> producer message kinds (the first byte of the head). Every head names the
 # sending worker and carries its token: (kind, worker id, token, fields...).
 HELLO = b"H"      # fields: pid. The worker is connected both ways and ready. A remote worker
-                  # adds two frames: the endpoint it listens on, its public key (or empty).
+                  # adds two frames: the endpoint it listens on, its public key (or empty),
+                  # and may add a third: the protocol version it speaks (none: version 1).
 HEARTBEAT = b"P"  # no fields. A remote worker is alive.
 REPLY = b"R"      # fields: request id; body: the reply.
 SHARED_REPLY = b"S"   # fields: request id; body: the size of the reply the worker wrote over
@@ -50,16 +54,25 @@ HEADS = {
     SHARED_REPLY: struct.Struct("!cQQQ"),
     ERROR: struct.Struct("!cQQQ"),
 }
-FRAME_COUNTS = {HELLO: (1, 3), HEARTBEAT: (1,), REPLY: (1, 2), SHARED_REPLY: (1, 2),
+FRAME_COUNTS = {HELLO: (1, 3, 4), HEARTBEAT: (1,), REPLY: (1, 2), SHARED_REPLY: (1, 2),
                 ERROR: (1, 2)}
 BODIED = (REPLY, SHARED_REPLY, ERROR)
 SIZE = struct.Struct("!Q")
 MAX_ENDPOINT = 255          # bytes of a remote worker's tcp:// endpoint
 KEY_SIZES = (0, 40)         # a remote worker's public key: none, or Z85 text
 
-# Producer -> worker control messages: [kind, body].
+# Producer -> worker control messages: [kind, body, ...].
 WELCOME = b"W"              # body: the worker's token, the largest reply it may send
 WELCOME_BODY = struct.Struct("!QQ")
+REFUSED = b"N"              # frames: the versions the producer speaks, why it refused (UTF-8)
+
+# The remote worker protocol's version (see docs/reference/worker-protocol.rst): a HELLO
+# without one is version 1, today's format, so that every worker that joined before keeps
+# joining.
+VERSION = struct.Struct("!H")
+PROTOCOL_VERSION = 1        # what this side says
+VERSIONS = (1,)             # what a producer accepts
+MAX_REASON = 1024           # bytes of a refusal's reason
 
 MISSED_BEATS = 3    # a remote worker silent for this many heartbeat intervals is gone
 REMOTE_ID_MIN = 1 << 32     # remote worker ids are at least this; local ones are small
@@ -273,8 +286,9 @@ def decode(frames: Frames) -> Message:
     if len(first) < layout.size or (len(first) > layout.size and not inline):
         raise BadMessage("a %r head of %d bytes, not %d" % (kind, len(first), layout.size))
     body = first[layout.size:] if inline else frame_view(frames[1]) if kind in BODIED else None
-    if kind == HELLO and len(frames) == 3:
+    if kind == HELLO and len(frames) > 1:
         check_hello(frame_bytes(frames[1]), frame_bytes(frames[2]))
+        hello_version(frames)
     fields = layout.unpack_from(first)
     # tuple.__new__ builds the same Message without the Python frame of its generated __new__.
     return tuple.__new__(Message, (kind, fields[1], fields[2], fields[3] if len(fields) > 3
@@ -288,6 +302,44 @@ def check_hello(endpoint: bytes, key: bytes) -> None:
         raise BadMessage("a HELLO with the endpoint %r" % endpoint[:64])
     if len(key) not in KEY_SIZES or not key.isascii():
         raise BadMessage("a HELLO with a key of %d bytes" % len(key))
+
+
+def hello_version(frames: Frames) -> int:
+    """The protocol version a remote HELLO says: 1 when it says none (three frames, the
+    format of the first release); a version frame must be two bytes."""
+    if len(frames) < 4:
+        return 1
+    version = frame_bytes(frames[3])
+    if len(version) != VERSION.size:
+        raise BadMessage("a HELLO with a version of %d bytes, not %d"
+                         % (len(version), VERSION.size))
+    return int(VERSION.unpack(version)[0])
+
+
+def encode_hello(worker_id: int, token: int, pid: int, endpoint: str, key: bytes,
+                 version: int | None = PROTOCOL_VERSION) -> list[bytes]:
+    """A remote worker's HELLO; ``version=None`` leaves the version out (version 1)."""
+    frames = [encode_head(HELLO, worker_id, token, pid), endpoint.encode("ascii"), key]
+    if version is not None:
+        frames.append(VERSION.pack(version))
+    return frames
+
+
+def encode_refused(reason: str, versions: Sequence[int] = VERSIONS) -> list[bytes]:
+    return [REFUSED, b"".join(VERSION.pack(v) for v in versions),
+            reason.encode("utf-8", "replace")[:MAX_REASON]]
+
+
+def decode_refused(frames: Frames) -> tuple[list[int], str]:
+    """(the versions the producer speaks, its reason) from a REFUSED."""
+    if len(frames) != 3 or frame_bytes(frames[0]) != REFUSED:
+        raise BadMessage("not a refusal")
+    versions = frame_bytes(frames[1])
+    reason = frame_bytes(frames[2])
+    if len(versions) % VERSION.size or len(reason) > MAX_REASON:
+        raise BadMessage("a refusal of %d and %d bytes" % (len(versions), len(reason)))
+    return ([int(v) for (v,) in VERSION.iter_unpack(versions)],
+            reason.decode("utf-8", "replace"))
 
 
 def encode_welcome(token: int, max_reply_size: int) -> list[bytes]:

@@ -1,12 +1,15 @@
 """``gaspar2 worker``: a group of workers on another machine, joining a producer over TCP.
 
 Each remote worker binds a PULL on a TCP port of its own, connects a PUSH to the producer's
-remote sink and says HELLO with its address and public key. The producer answers with a
+remote sink and says HELLO with its address, its public key and the protocol version it
+speaks (see docs/reference/worker-protocol.rst). The producer answers with a
 WELCOME on the worker's PULL, carrying the token that every later message of the worker
 carries, and the largest reply it may send; the worker answers at once with a heartbeat,
 which completes its join. It sends a heartbeat every interval and says HELLO again after
 ``MISSED_BEATS`` intervals without a word from the producer, so it rejoins a producer that
-restarts. The group leader keeps the wanted number
+restarts. A producer that does not speak its version answers with a REFUSED instead,
+whose reason the worker logs (it goes on saying HELLO: the producer may be upgraded). The
+group leader keeps the wanted number
 of workers running, with the same back-off as local supervision.
 """
 
@@ -58,6 +61,7 @@ class RemoteWorker(Worker):
         self.keys = keys                  # (public, secret) of this worker, or None
         self.server_key = server_key      # the producer's public key
         self.heartbeat = heartbeat
+        self.version = wire.PROTOCOL_VERSION
 
     def _connect(self, ctx: zmq.SyncContext) -> None:
         self.pull = ctx.socket(zmq.PULL)
@@ -82,7 +86,18 @@ class RemoteWorker(Worker):
         return push
 
     def _control(self, frames: wire.Frames) -> bool:
-        """The producer's WELCOME: the token to carry from now on, and the reply limit."""
+        """The producer's WELCOME: the token to carry from now on, and the reply limit; or
+        its REFUSED, logged."""
+        if wire.frame_bytes(frames[0]) == wire.REFUSED:
+            try:
+                versions, reason = wire.decode_refused(frames)
+            except wire.BadMessage as exc:
+                log.warning("remote worker: ignored a control message: %s", exc)
+                return False
+            log.error("remote worker: the producer at %s refused this worker: %s (it speaks "
+                      "protocol versions %s; this worker speaks %d)", self.sink, reason,
+                      ", ".join(map(str, versions)), self.version)
+            return True
         try:
             self.token, self.max_reply_size = wire.decode_welcome(frames)
         except wire.BadMessage as exc:
@@ -95,10 +110,10 @@ class RemoteWorker(Worker):
         return True
 
     def _hello(self) -> None:
-        head = self._head(wire.HELLO, os.getpid())
         public = self.keys[0] if self.keys is not None else b""
         assert self.endpoint is not None
-        self.watch_push.send_multipart([head, self.endpoint.encode(), public])
+        self.watch_push.send_multipart(wire.encode_hello(self.id, self.token, os.getpid(),
+                                                         self.endpoint, public, self.version))
 
     def _serve(self) -> None:
         START_THREAD(self._beat, ())         # a real thread, even under monkey patching
