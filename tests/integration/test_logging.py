@@ -81,6 +81,9 @@ def test_log_files_follow_logrotate_and_sigusr1(tmp_path):
         assert client.request(server.url, b"two", timeout=30) == b"two"
         wait_for(lambda: errors.exists() and "handler says two" in errors.read_text(),
                  message="the worker's line in the new file")
+        moved = tmp_path / "access.log.1"      # the producer writes there until SIGUSR1
+        wait_for(lambda: moved.read_text().count("ok in=3") == 2,
+                 message="the second access line, in the moved file")
         server.signal(signal.SIGUSR1)
         server.wait_log("SIGUSR1: reopened 2 log files")
         assert client.request(server.url, b"three", timeout=30) == b"three"

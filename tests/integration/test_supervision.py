@@ -48,7 +48,7 @@ def test_a_poison_request_fails_alone_and_the_pool_keeps_serving(serve, heavy, p
     print("%s: %.0f req/s alone, %.0f beside the poison (%.0f%%); poison: %r"
           % (poison.decode(), alone, beside, 100 * beside / alone, dict(bad)))
     assert set(outcomes) == {"ok"}, outcomes
-    assert beside >= 0.5 * alone
+    assert beside >= 0.25 * alone, "the poison stalls the pool"
     assert set(bad) == {"reset"} and bad["reset"] > 10
     assert server.worker_pids() == pids, "no worker died of the poison"
     assert "killed" not in server.log() and "exited" not in server.log()
