@@ -62,6 +62,7 @@ LINES_PER_SECOND = 1000     # stderr lines logged per worker, at most
 MAX_LINE = 8192             # a longer stderr line is logged in pieces this long
 READ_SIZE = 65536
 PIPE_SIZE = 1 << 20         # asked of the kernel for the request and answer pipes
+FIRST_GROWTH = 65536        # an answer's buffer grows by at least this much, at most doubling
 PR_SET_PDEATHSIG = 1
 IDLE_FLAGS = zmq.POLLIN
 
@@ -129,7 +130,9 @@ def problem(program: str, env: Mapping[str, str] | None = None,
 
 class AnswerReader:
     """One answer, fed as its bytes arrive: the head into ``feed``, then the body read
-    straight into its own buffer (``into``, ``filled``), so a large reply is held once.
+    straight into its own buffer (``into``, ``filled``), so a large reply is held once. The
+    buffer grows as the bytes come (at most doubling), never to a length the child only
+    announced.
 
     A head whose kind is not 0 or 1, or whose length is over ``limit``, raises BadAnswer
     as soon as its five bytes are in; nothing after the answer is taken (``feed`` says how
@@ -139,6 +142,7 @@ class AnswerReader:
         self.limit = limit
         self.head = bytearray()
         self.kind = -1
+        self.length = 0
         self.body = bytearray()
         self.got = 0
         self.done = False
@@ -153,7 +157,7 @@ class AnswerReader:
                 return used
             self._start()
         if not self.done:
-            take = min(len(self.body) - self.got, len(data) - used)
+            take = min(self.length - self.got, len(data) - used)
             self.body[self.got:self.got + take] = data[used:used + take]
             used += take
             self.filled(take)
@@ -167,18 +171,20 @@ class AnswerReader:
             raise BadAnswer("an answer of %d bytes, over max_reply_size %d"
                             % (length, self.limit))
         self.kind = kind
-        self.body = bytearray(length)       # bounded by the limit: see above
+        self.length = length
         self.done = length == 0
 
     def into(self) -> memoryview | None:
         """Where the rest of the body may be read directly, once the head is known."""
         if self.kind < 0 or self.done:
             return None
+        if self.got == len(self.body):
+            self.body += bytes(min(self.length - self.got, max(self.got, FIRST_GROWTH)))
         return memoryview(self.body)[self.got:]
 
     def filled(self, count: int) -> None:
         self.got += count
-        self.done = self.got == len(self.body)
+        self.done = self.got == self.length
 
 
 class Lines:
@@ -354,7 +360,8 @@ class Child:
         target = reader.into()
         try:
             if target is not None:
-                count = os.readv(self.stdout, [target])
+                with target:        # released before the buffer grows again
+                    count = os.readv(self.stdout, [target])
                 reader.filled(count)
             else:
                 data = os.read(self.stdout, READ_SIZE)

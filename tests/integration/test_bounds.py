@@ -164,13 +164,14 @@ def upload_and_never_read(server, payload, sent):
     return sock
 
 
-# Scaled down, the small requests' latency is a liveness bound (the machine runs other
-# tests beside); at full size, with --heavy, it is the figure: under 1 s.
-@pytest.mark.parametrize("clients, size, limit, write_timeout, slowest", [
-    pytest.param(32, 4, 64, 1, 5.0, id="32x4MiB"),
-    pytest.param(64, 8, 256, 2, 1.0, id="64x8MiB", marks=pytest.mark.heavy)])
+# Scaled down, the times are liveness bounds (the machine runs other tests beside); at full
+# size, with --heavy, they are the figures: every client reset within 15 s, small requests
+# answered within 1 s.
+@pytest.mark.parametrize("clients, size, limit, write_timeout, within, slowest", [
+    pytest.param(32, 4, 64, 1, 60.0, 5.0, id="32x4MiB"),
+    pytest.param(64, 8, 256, 2, 15.0, 1.0, id="64x8MiB", marks=pytest.mark.heavy)])
 def test_echoes_nobody_reads_are_reset_side_by_side(serve, clients, size, limit, write_timeout,
-                                                    slowest):
+                                                    within, slowest):
     """Uploads of several MiB whose clients never read: their write timeouts run together,
     the budget is not spent waiting for them one at a time, and small requests keep
     flowing. (At full size, before: 28 of 64 reset within 60 s, small requests up to 35 s.)"""
@@ -199,7 +200,7 @@ def test_echoes_nobody_reads_are_reset_side_by_side(serve, clients, size, limit,
     peak = server.memory("VmHWM") - base
     print("%d unread %d MiB echoes: all reset in %.1f s, peak +%.0f MiB, %d other requests, "
           "slowest %.2f s" % (clients, size, took, peak / MiB, len(latencies), max(latencies)))
-    assert resets == clients and took < 15
+    assert resets == clients and took < within
     assert max(latencies) < slowest
     assert peak < (limit + 64 + 32) * MiB
 

@@ -15,6 +15,7 @@ from gaspar2 import settings
 from gaspar2.workers.command import (
     ANSWER,
     FAILURE,
+    FIRST_GROWTH,
     REPLY,
     AnswerReader,
     BadAnswer,
@@ -195,3 +196,14 @@ def test_the_exec_setting_takes_a_line_or_a_list_and_refuses_nothing_to_run():
         with pytest.raises(ValueError):
             settings.command_line(bad)
     assert settings.resolve({"exec": ["prog", "$WID"]}).exec == "prog '$WID'"
+
+
+def test_an_announced_length_costs_nothing_until_its_bytes_come():
+    """A child that announces 400 MB and sends ten bytes makes its worker hold about ten."""
+    reader = AnswerReader(None)
+    head = ANSWER.pack(REPLY, 400_000_000)
+    assert reader.feed(head + b"0123456789") == len(head) + 10
+    assert len(reader.body) == 10 and not reader.done
+    view = reader.into()
+    assert view is not None and len(view) <= 2 * FIRST_GROWTH
+    view.release()
