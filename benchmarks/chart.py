@@ -24,12 +24,15 @@ RATIO_TOP = 2.0                # a linear axis up to it keeps a 5% gap visible; 
 
 
 def chart_order(servers):
-    """gaspar2 first, then its earlier revisions, then the baselines in the report's order."""
+    """gaspar2 first, then its earlier revisions, gaspar2 serving through a program, then the
+    baselines in the report's order."""
     def rank(server):
         if server == "gaspar2":
             return (0, "")
         if server.startswith("gaspar2@"):
             return (1, server)
+        if server == "gaspar2-exec-c":
+            return (1, "~")
         if server in SERVER_ORDER:
             return (2, "%02d" % SERVER_ORDER.index(server))
         return (3, server)
@@ -44,6 +47,9 @@ def style(server):
     if server.startswith("gaspar2@"):
         return {"facecolor": REVISION_COLOUR, "edgecolor": "black", "linewidth": 1.0,
                 "hatch": ".."}
+    if server == "gaspar2-exec-c":     # gaspar2 too, its handler a C program (serve --exec)
+        return {"facecolor": "white", "edgecolor": COLOURS["gaspar2"], "linewidth": 1.4,
+                "hatch": "//"}
     return {"facecolor": COLOURS.get(server, MISSING), "edgecolor": "white", "linewidth": 0.5}
 
 

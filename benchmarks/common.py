@@ -101,11 +101,18 @@ def announce(name, host, port):
     print("%s serving on %s:%d" % (name, host, port), file=sys.stderr, flush=True)
 
 
-def build(names=("loadgen", "c_echo_server"), out=BUILD):
+# The C programs the runner builds, by name: their sources. The echo worker is the
+# documentation's C example of a program behind ``gaspar2 serve --exec``, as shipped.
+PROGRAMS = {"loadgen": os.path.join(HERE, "loadgen.c"),
+            "c_echo_server": os.path.join(HERE, "c_echo_server.c"),
+            "echo-worker": os.path.join(ROOT, "examples", "workers", "echo-worker.c")}
+
+
+def build(names=tuple(PROGRAMS), out=BUILD):
     """Compile the C programs with ``cc -O2``; skipped for a binary newer than its source."""
     os.makedirs(out, exist_ok=True)
     for name in names:
-        source, binary = os.path.join(HERE, name + ".c"), os.path.join(out, name)
+        source, binary = PROGRAMS[name], os.path.join(out, name)
         if os.path.exists(binary) and os.path.getmtime(binary) >= os.path.getmtime(source):
             continue
         subprocess.run(["cc", "-O2", "-Wall", "-pthread", "-o", binary, source], check=True)

@@ -1,7 +1,7 @@
 """The ratios gaspar2 is judged by, and the text report of a run's results."""
 
 SERVER_ORDER = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card",
-                "shape-floor", "gaspar2")
+                "shape-floor", "gaspar2", "gaspar2-exec-c")
 
 # (label, numerator point, denominator point, which way is better, goal)
 # A point is (workload, server, key) in the table of medians.
@@ -60,6 +60,18 @@ RATIOS = [
     ("producer CPU per request, sha256 1 ms, gaspar2 / shape-floor",
      ("sha-1ms-c32", "gaspar2", "cpu_us_per_req"), ("sha-1ms-c32", "shape-floor", "cpu_us_per_req"),
      "lower", 1.1),
+    # A program behind gaspar2 (serve --exec, the C example worker) against the Python echo:
+    # the child's pipe costs its worker, not the producer.
+    ("echo 100 B c=32 req/s, gaspar2-exec-c / gaspar2",
+     ("echo-100B-c32", "gaspar2-exec-c", "rps"), ("echo-100B-c32", "gaspar2", "rps"), "higher", 0.75),
+    ("producer CPU per request, echo 100 B c=32, gaspar2-exec-c / gaspar2",
+     ("echo-100B-c32", "gaspar2-exec-c", "cpu_us_per_req"), ("echo-100B-c32", "gaspar2", "cpu_us_per_req"),
+     "lower", 1.1),
+    # One request at a time: the same work per request for the producer, whatever the workers'
+    # pace (at c=32 fewer replies per wake-up cost it more per request; see the README).
+    ("producer CPU per request, echo 100 B c=1, gaspar2-exec-c / gaspar2",
+     ("echo-100B-c1", "gaspar2-exec-c", "cpu_us_per_req"), ("echo-100B-c1", "gaspar2", "cpu_us_per_req"),
+     "lower", 1.1),
     ("quick p99 with 200 ms jobs / alone, gaspar2",
      ("mixed-c32", "gaspar2", "p99_ms"), ("quick-c32", "gaspar2", "p99_ms"), "lower", 3.0),
     # A GIL-holding job also takes a core from the quick requests: shown, not judged.
@@ -74,6 +86,11 @@ ROUND_RATIOS = [
     ("thumbnails c=32 req/s, gaspar2 / asyncio-ppe, worst round",
      ("thumb-200KB-c32", "gaspar2", "rps"), ("thumb-200KB-c32", "asyncio-ppe", "rps"), "higher", 1.0),
 ]
+# The same, but the difference of the two points' medians, in microseconds (from milliseconds).
+DIFFERENCES = [
+    ("echo 100 B c=1 p50, gaspar2-exec-c - gaspar2, us",
+     ("echo-100B-c1", "gaspar2-exec-c", "p50_ms"), ("echo-100B-c1", "gaspar2", "p50_ms"), "lower", 40),
+]
 HEADROOM_GOAL = 1.2        # the load generator must not be what limits gaspar2
 # Python calls per request on the producer's thread and in a worker (calls.py), at most.
 CALLS_GOALS = {"producer": 25, "worker": 12}
@@ -84,6 +101,8 @@ def server_rank(server):
     """Where a server's rows go: the known ones in order, gaspar2@REV right after gaspar2."""
     if server in SERVER_ORDER:
         return (SERVER_ORDER.index(server), "")
+    if server.startswith("gaspar2@"):
+        return (SERVER_ORDER.index("gaspar2"), server)
     return (len(SERVER_ORDER), server)
 
 
@@ -111,16 +130,20 @@ def get(table, workload, server, key):
     return row.get(key)
 
 
-def judged(name, value, better, goal, strict=False):
-    """``strict``: the goal itself misses (below it for "lower", above it for "higher")."""
+def judged(name, value, better, goal, strict=False, unit=None):
+    """``strict``: the goal itself misses (below it for "lower", above it for "higher");
+    ``unit``: the value is a difference in that unit ("us"), not a ratio."""
     met = None
     if value is not None and goal is not None:      # no goal: shown for comparison only
         if strict:
             met = value > goal if better == "higher" else value < goal
         else:
             met = value >= goal if better == "higher" else value <= goal
-    return {"name": name, "value": value, "better": better, "goal": goal, "strict": strict,
-            "met": met}
+    found = {"name": name, "value": value, "better": better, "goal": goal, "strict": strict,
+             "met": met}
+    if unit is not None:
+        found["unit"] = unit
+    return found
 
 
 def worst_round(table, top, bottom, better):
@@ -142,7 +165,8 @@ def worst_faults(table, server="gaspar2"):
 
 
 def target_ratios(table, calls=None, judge=True):
-    """Each ratio as {"name", "value", "better", "goal", "met"}; value None if a point is missing.
+    """Each ratio as {"name", "value", "better", "goal", "met"} (a difference with its "unit"
+    too); value None if a point is missing.
 
     ``judge=False`` (a quick run) leaves every "met" None: 1-second points are too short to judge.
     """
@@ -152,6 +176,10 @@ def target_ratios(table, calls=None, judge=True):
         out.append(judged(name, a / b if a is not None and b else None, better, goal))
     for name, top, bottom, better, goal in ROUND_RATIOS:
         out.append(judged(name, worst_round(table, top, bottom, better), better, goal))
+    for name, top, bottom, better, goal in DIFFERENCES:
+        a, b = get(table, *top), get(table, *bottom)
+        out.append(judged(name, 1000 * (a - b) if a is not None and b is not None else None,
+                          better, goal, unit="us"))
     out.append(judged("gaspar2 workers' page faults per request, worst point", worst_faults(table),
                       "lower", FAULTS_GOAL, strict=True))
     row = table.get(("echo-100B-c256", "gaspar2"))
@@ -266,14 +294,17 @@ def format_report(results):
     lines += ["", "calibrated (sha256_chain rounds, backtrack letters): " + ", ".join(
         "%s %d" % (name, c["rounds"]) for name, c in results["calibration"].items()), ""]
     width = max([62, *(len(r["name"]) for r in results["ratios"])])
-    lines.append("ratios of medians (numerator / denominator), each with its goal and verdict:")
+    lines.append("ratios of medians (numerator / denominator; a - b: a difference, in its unit), "
+                 "each with its goal and verdict:")
     for r in results["ratios"]:
-        value = "n/a" if r["value"] is None else "%.3f" % r["value"]
+        unit = r.get("unit")
+        value = ("n/a" if r["value"] is None else "%.1f %s" % (r["value"], unit) if unit
+                 else "%.3f" % r["value"])
         verdict = {None: "", True: "met", False: "MISSED"}[r["met"]]
         if s.get("quick") and r["goal"] is not None:
             verdict = "not judged"
         sign = (">" if r["better"] == "higher" else "<") + ("" if r.get("strict") else "=")
         goal = ("(%s is better)" % r["better"] if r["goal"] is None
-                else "(goal %s %s)" % (sign, r["goal"]))
+                else "(goal %s %s%s)" % (sign, r["goal"], " " + unit if unit else ""))
         lines.append(("%-*s %8s  %s  %s" % (width, r["name"], value, goal, verdict)).rstrip())
     return "\n".join(lines)

@@ -4,12 +4,13 @@
                              [--only SERVER/WORKLOAD ...] [--also-at REV ...]
                              [--out benchmarks/results]
 
-Builds the C load generator and echo server, then runs every (workload, server) point once
-per round. Within a round the servers run one after another, one at a time, each started
-fresh; their order rotates from round to round. Prints the medians over the rounds, the
-ratios gaspar2 is judged by, and the kernel's listen-queue and retransmission counters
-around each point, and the page faults of the servers' worker processes per request;
-writes OUT/results.json, OUT/results.txt, OUT/chart.png and the servers' logs in OUT/logs/.
+Builds the C load generator, echo server and example worker (examples/workers), then runs
+every (workload, server) point once per round. Within a round the servers run one after
+another, one at a time, each started fresh; their order rotates from round to round.
+Prints the medians over the rounds, the ratios gaspar2 is judged by, and the kernel's
+listen-queue and retransmission counters around each point, and the page faults of the
+servers' worker processes per request; writes OUT/results.json, OUT/results.txt,
+OUT/chart.png and the servers' logs in OUT/logs/.
 """
 
 import argparse
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -40,15 +42,18 @@ from report import format_report, target_ratios
 from thumbnail import photo
 
 SERVERS = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card",
-           "shape-floor", "gaspar2")
+           "shape-floor", "gaspar2", "gaspar2-exec-c")
 ECHO, SHA, SLEEP = ("gaspar2.examples:echo", "gaspar2.examples:sha256_chain",
                     "gaspar2.examples:sleep")
 BACKTRACK = "gaspar2.examples:backtrack"
 THUMBNAIL = "benchmarks.thumbnail:thumbnail"
 NET = ("gevent-inline", "asyncio-ppe", "design-card", "gaspar2")
 # The servers with forked workers.
-WORKERS = ("asyncio-ppe", "plain-processes", "design-card", "shape-floor", "gaspar2")
+WORKERS = ("asyncio-ppe", "plain-processes", "design-card", "shape-floor", "gaspar2",
+           "gaspar2-exec-c")
 FLOOR = ("shape-floor",)      # the shape's own ceiling, on the small-request points only
+# gaspar2 serving through a program (serve --exec), the C example worker: 100 B echo, c=1, c=32.
+EXEC = ("gaspar2-exec-c",)
 KERNEL_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPTimeouts", "RetransSegs")
 
 
@@ -98,8 +103,9 @@ def make_workloads(files):
         return path
 
     echo_servers = ("c-echo", *NET)
-    points = [Workload("echo-100B-c%d" % c, ECHO, c, echo_servers + (FLOOR if c < 256 else ()),
-                       ["-s", "100"]) for c in (1, 32, 256)]
+    points = [Workload("echo-100B-c%d" % c, ECHO, c,
+                       echo_servers + (FLOOR + EXEC if c < 256 else ()), ["-s", "100"])
+              for c in (1, 32, 256)]
     # The load generator's own ceiling: all its threads against the C server.
     threads = os.cpu_count() or 1
     points.append(Workload("echo-100B-c32-j%d" % threads, ECHO, 32, ("c-echo",),
@@ -167,6 +173,10 @@ def server_command(server, handler, workers):
                         "--workers", str(workers)],
         "gaspar2": [py, "-m", "gaspar2", "serve", handler, "--port", "0",
                     "--workers", str(workers)],
+        # The same echo, by the C example worker: the handler names the workload, not the code.
+        "gaspar2-exec-c": [py, "-m", "gaspar2", "serve",
+                           "--exec", shlex.quote(os.path.join(BUILD, "echo-worker")),
+                           "--port", "0", "--workers", str(workers)],
     }[server.split("@")[0]]
 
 
@@ -218,10 +228,10 @@ def kernel_counters():
 
 def worker_pids(server, pid):
     """The worker processes of ``server`` (process ``pid``): gaspar2's are the children of the
-    preloaders its fork server (the producer's only child) forks, one per generation;
-    asyncio-ppe's pool processes and the other baselines' workers are the server's own
-    children."""
-    if server.split("@")[0] == "gaspar2":
+    preloaders its fork server (the producer's only child) forks, one per generation (with
+    --exec, not their programs); asyncio-ppe's pool processes and the other baselines'
+    workers are the server's own children."""
+    if server.split("@")[0] in ("gaspar2", *EXEC):
         return [worker for child in children(pid) for preloader in children(child)
                 for worker in children(preloader)]
     return children(pid)
