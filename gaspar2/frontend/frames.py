@@ -93,7 +93,8 @@ class FrameReader:
         Raises FrameError on an oversized length, bytes past the frame or an early EOF, and
         lets BlockingIOError (nothing to read yet) and other OSErrors through.
         """
-        self.ceiling = self.capacity + room
+        # ``capacity`` while the frame is in memory, without a property's call per read
+        self.ceiling = room + (len(self.buffer) if self.buffer is not None else len(self.header))
         if self.length < 0 and not self._read_header(sock, allowance):
             return False
         if self.buffer is not None:

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-from ..frontend.budget import Budget
+from ..frontend.budget import PLENTY, Budget
 
 log = logging.getLogger("gaspar2")
 
@@ -106,8 +106,8 @@ class Dispatcher:
         waiting = self.waiting
         if not waiting:
             return False
-        budget = self.budget
-        if budget is not None and not budget.far_from_limit():
+        budget = self.budget      # far below its limit, nothing to count (Budget.far_from_limit)
+        if budget is not None and budget.limit - budget.used <= budget.expected * PLENTY:
             return self._dispatch_near_limit(budget)
         batches: dict[Seat, list[Request]] = {}
         while waiting:
@@ -115,8 +115,11 @@ class Dispatcher:
             if seat is None:
                 break
             request = waiting.popleft()
-            if not request.closed:
-                self._assign(seat, request, batches)
+            if not request.closed:      # _assign, inline on the common path
+                request.seq = seat.next_seq
+                seat.next_seq += 1
+                seat.held[request.request_id] = request
+                batches.setdefault(seat, []).append(request)
         for seat, requests in batches.items():
             self._send(seat, requests)
         return bool(batches)

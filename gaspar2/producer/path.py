@@ -468,7 +468,7 @@ class RequestPath:
                 except Exception:
                     errors.log(logging.ERROR, "message", "error acting on a %r message, "
                                "going on", message.kind, exc_info=True)
-            if not int(sock.getsockopt(wire.EVENTS)) & wire.POLLIN:
+            if not int(wire.EVENTS_OF(sock, wire.EVENTS)) & wire.POLLIN:
                 return True
         return False
 
@@ -501,7 +501,7 @@ class RequestPath:
                 except Exception:
                     errors.log(logging.ERROR, "message", "error acting on a %r message, "
                                "going on", message.kind, exc_info=True)
-            if not int(sock.getsockopt(wire.EVENTS)) & wire.POLLIN:
+            if not int(wire.EVENTS_OF(sock, wire.EVENTS)) & wire.POLLIN:
                 return True
         return False
 

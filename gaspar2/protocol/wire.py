@@ -27,8 +27,8 @@ The remote part of this protocol is specified, with its version rule, in the doc
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
 
 import zmq
 
@@ -91,6 +91,9 @@ def message_limit(max_message_size: int) -> int:
 # Plain ints: pyzmq's enum flags cost a Python-level operation on every call.
 SNDMORE, NOBLOCK = int(zmq.SNDMORE), int(zmq.NOBLOCK)
 EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+# A socket's EVENTS as an int, from pyzmq's compiled base: its Python wrapper costs two
+# Python calls (an enum lookup) on every look at a sink.
+EVENTS_OF: Callable[[Any, int], int | bytes] = zmq.backend.Socket.get
 
 
 # -- the client frame -------------------------------------------------------------------------
