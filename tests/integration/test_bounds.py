@@ -39,6 +39,20 @@ def served_meanwhile(server, stop, latencies, pause=0.0):
         stop.wait(pause)
 
 
+def count_resets(socks):
+    """Read each socket to its end, then close it; how many ended in a reset."""
+    resets = 0
+    for sock in socks:
+        sock.settimeout(60)
+        try:
+            while sock.recv(MiB):
+                pass
+        except ConnectionResetError:
+            resets += 1
+        sock.close()
+    return resets
+
+
 def test_announced_sizes_cost_nothing_until_the_bytes_come(serve):
     server = serve("gaspar2.examples:echo", "--workers", "2", "--read-timeout", "60")
     assert client.request(server.url, b"warm", timeout=30) == b"warm"
@@ -72,15 +86,8 @@ def test_clients_that_never_read_are_reset_and_their_memory_returns(serve):
     stop, latencies = threading.Event(), []
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         others = pool.submit(served_meanwhile, server, stop, latencies)
-        began, resets = time.monotonic(), 0
-        for sock in socks:
-            sock.settimeout(30)
-            try:
-                while sock.recv(MiB):
-                    pass
-            except ConnectionResetError:
-                resets += 1
-            sock.close()
+        began = time.monotonic()
+        resets = count_resets(socks)
         took = time.monotonic() - began
         stop.set()
         others.result()
@@ -186,14 +193,7 @@ def test_echoes_nobody_reads_are_reset_side_by_side(serve, clients, size, limit,
         began = time.monotonic()
         socks = list(pool.map(lambda _: upload_and_never_read(server, payload, sent),
                               range(clients)))
-        resets = 0
-        for sock in socks:
-            try:
-                while sock.recv(MiB):
-                    pass
-            except ConnectionResetError:
-                resets += 1
-            sock.close()
+        resets = count_resets(socks)
         took = time.monotonic() - began
         stop.set()
         others.result()
