@@ -10,12 +10,12 @@ Accounting points (each a change of ``used``):
 Request bodies are read up to ``bulk``, the limit less a lane kept for small requests;
 past it the front end stops reading them (TCP flow control pushes back on the clients).
 The oldest request being read reads on while everything else fits under ``bulk``, or
-while nothing but frames being read holds memory, so it always completes and nothing waits
-forever; a request read whole keeps its bytes until its
-reply replaces them, so the next oldest waits until those bytes are gone: the exception
-does not chain. Small requests that arrive whole are read until the limit plus one
-``max_message_size``, so they are not kept waiting behind large uploads. Together: the
-producer holds at most the limit plus one ``max_message_size``.
+while nothing but frames being read holds memory, so it always completes and nothing
+waits forever; a request read whole keeps its bytes until its reply replaces them, so the
+next oldest waits until those bytes are gone: the exception does not chain. Small
+requests that arrive whole are read until the limit plus one ``max_message_size``, so they
+are not kept waiting behind large uploads. Together: the producer holds at most the limit
+plus one ``max_message_size``.
 
 A reply replaces its request's bytes. What it may add is planned for at dispatch
 (``cost``): the largest recent reply to a request of the same size class (its bit length),
