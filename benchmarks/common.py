@@ -9,12 +9,16 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BUILD = os.path.join(HERE, "build")
 READY = re.compile(r"serving\b.* on ([0-9.]+):([0-9]+)")
+JOIN_AT = re.compile(r"remote workers may join at (tcp://\S+)")
+JOINED = re.compile(r"remote worker \S+ \(remote pid \d+\) joined from ")
+C_WORKER = os.path.join(ROOT, "client", "c-worker")
 
 
 def load_handler(spec):
@@ -119,6 +123,22 @@ def build(names=tuple(PROGRAMS), out=BUILD):
     return out
 
 
+def build_c_worker(out=BUILD):
+    """``make`` the C worker library and its example (client/c-worker) into OUT/c-worker/:
+    (the example's path, None), or (None, why it cannot be built)."""
+    missing = [tool for tool in ("cc", "make", "pkg-config") if shutil.which(tool) is None]
+    if missing:
+        return None, "needs %s" % ", ".join(missing)
+    if subprocess.run(["pkg-config", "--exists", "libzmq"]).returncode:
+        return None, "needs libzmq's headers (Debian: libzmq3-dev)"
+    where = os.path.join(out, "c-worker")
+    done = subprocess.run(["make", "-C", C_WORKER, "BUILD=" + where], capture_output=True,
+                          text=True)
+    if done.returncode:
+        return None, "make -C %s failed: %s" % (C_WORKER, done.stderr.strip()[-300:])
+    return os.path.join(where, "gaspar2-worker-echo"), None
+
+
 class Server:
     """A server process started in its own session, its stderr in a log file.
 
@@ -127,8 +147,9 @@ class Server:
 
     def __init__(self, cmd, log_path, ready_timeout=60.0, cwd=ROOT):
         self.cmd, self.log_path = cmd, log_path
-        env = dict(os.environ,
-                   PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+        self.env = env = dict(
+            os.environ,
+            PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
         with open(log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT,
@@ -164,3 +185,78 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+class RemotePool(Server):
+    """A gaspar2 producer with a remote endpoint (``--remote-workers tcp://127.0.0.1:0``, its
+    port read from the log) and ``count`` remote workers joined to it, ``worker(endpoint)``
+    giving each one's command. The producer must serve ``gaspar2.conformance:handle`` with
+    one local worker and a window of 1: that worker is kept busy on one request (marked in a
+    file) before any remote worker starts, so that every other request goes to the remote
+    ones. Ready means the mark is there and the producer's log shows ``count`` joins; each
+    remote worker logs to a file of its own beside the producer's."""
+
+    def __init__(self, cmd, log_path, worker, count, ready_timeout=60.0, cwd=ROOT):
+        self.workers, self.work = [], tempfile.mkdtemp(prefix="gaspar2-bench-")
+        super().__init__(cmd, log_path, ready_timeout, cwd)
+        try:
+            self._occupy(ready_timeout)
+            endpoint = JOIN_AT.search(self._log()).group(1)
+            for index in range(count):
+                path = "%s-worker%d.log" % (os.path.splitext(log_path)[0], index + 1)
+                with open(path, "wb") as log:
+                    self.workers.append(subprocess.Popen(
+                        worker(endpoint), cwd=cwd, env=self.env, stdin=subprocess.DEVNULL,
+                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+            self._wait(lambda: len(JOINED.findall(self._log())) >= count, ready_timeout,
+                       "%d remote workers joined" % count)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _log(self):
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")
+
+    def _wait(self, condition, timeout, what):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            gone = [p for p in [self.proc, *self.workers] if p.poll() is not None]
+            if gone or time.monotonic() > deadline:
+                raise RuntimeError("no %s (%s); see %s" % (
+                    what, "a process exited" if gone else "%.0f s" % timeout, self.log_path))
+            time.sleep(0.05)
+
+    def _occupy(self, timeout):
+        """One request that holds the local worker until the producer is gone."""
+        if ROOT not in sys.path:
+            sys.path.insert(0, ROOT)
+        from gaspar2 import client
+        from gaspar2.conformance import PREFIX
+
+        mark = os.path.join(self.work, "occupied")
+
+        def hold():
+            try:
+                client.request("127.0.0.1:%d" % self.port, PREFIX + b"occupy:" + mark.encode())
+            except OSError:             # the producer stopped: the point is over
+                pass
+
+        threading.Thread(target=hold, daemon=True).start()
+        self._wait(lambda: os.path.exists(mark), timeout, "busy local worker")
+
+    def stop(self, timeout=30.0):
+        """The producer, then the remote workers, each as ``Server.stop`` does: the requests
+        under way are answered before the workers go."""
+        status = super().stop(timeout)
+        for proc in self.workers:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.workers:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        shutil.rmtree(self.work, ignore_errors=True)
+        return status

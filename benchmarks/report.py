@@ -1,7 +1,7 @@
 """The ratios gaspar2 is judged by, and the text report of a run's results."""
 
 SERVER_ORDER = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card",
-                "shape-floor", "gaspar2", "gaspar2-exec-c")
+                "shape-floor", "gaspar2", "gaspar2-exec-c", "remote-python", "remote-c")
 
 # (label, numerator point, denominator point, which way is better, goal)
 # A point is (workload, server, key) in the table of medians.
@@ -72,6 +72,10 @@ RATIOS = [
     ("producer CPU per request, echo 100 B c=1, gaspar2-exec-c / gaspar2",
      ("echo-100B-c1", "gaspar2-exec-c", "cpu_us_per_req"), ("echo-100B-c1", "gaspar2", "cpu_us_per_req"),
      "lower", 1.1),
+    # Two remote workers joined to one producer over loopback TCP: the C worker library's
+    # example against `gaspar2 worker`, the same echo.
+    ("echo 100 B c=32 req/s, remote-c / remote-python",
+     ("echo-100B-c32", "remote-c", "rps"), ("echo-100B-c32", "remote-python", "rps"), "higher", 1.0),
     ("quick p99 with 200 ms jobs / alone, gaspar2",
      ("mixed-c32", "gaspar2", "p99_ms"), ("quick-c32", "gaspar2", "p99_ms"), "lower", 3.0),
     # A GIL-holding job also takes a core from the quick requests: shown, not judged.

@@ -4,7 +4,8 @@
                              [--only SERVER/WORKLOAD ...] [--also-at REV ...]
                              [--out benchmarks/results]
 
-Builds the C load generator, echo server and example worker (examples/workers), then runs
+Builds the C load generator, echo server and example worker (examples/workers) and the C
+worker library's example (client/c-worker, when libzmq's headers are there), then runs
 every (workload, server) point once per round. Within a round the servers run one after
 another, one at a time, each started fresh; their order rotates from round to round.
 Prints the medians over the rounds, the ratios gaspar2 is judged by, and the kernel's
@@ -31,8 +32,10 @@ from common import (
     BUILD,
     HERE,
     ROOT,
+    RemotePool,
     Server,
     build,
+    build_c_worker,
     children,
     load_handler,
     page_faults,
@@ -42,7 +45,7 @@ from report import format_report, target_ratios
 from thumbnail import photo
 
 SERVERS = ("c-echo", "gevent-inline", "asyncio-ppe", "plain-processes", "design-card",
-           "shape-floor", "gaspar2", "gaspar2-exec-c")
+           "shape-floor", "gaspar2", "gaspar2-exec-c", "remote-python", "remote-c")
 ECHO, SHA, SLEEP = ("gaspar2.examples:echo", "gaspar2.examples:sha256_chain",
                     "gaspar2.examples:sleep")
 BACKTRACK = "gaspar2.examples:backtrack"
@@ -54,6 +57,11 @@ WORKERS = ("asyncio-ppe", "plain-processes", "design-card", "shape-floor", "gasp
 FLOOR = ("shape-floor",)      # the shape's own ceiling, on the small-request points only
 # gaspar2 serving through a program (serve --exec), the C example worker: 100 B echo, c=1, c=32.
 EXEC = ("gaspar2-exec-c",)
+# One producer whose one local worker is kept busy, and two remote workers joined to it over
+# loopback TCP: `gaspar2 worker` (Python) or the C worker library's example. 100 B echo, c=32.
+REMOTE = ("remote-python", "remote-c")
+REMOTE_WORKERS = 2
+C_WORKER = os.path.join(BUILD, "c-worker", "gaspar2-worker-echo")
 KERNEL_COUNTERS = ("ListenOverflows", "ListenDrops", "TCPTimeouts", "RetransSegs")
 
 
@@ -104,7 +112,8 @@ def make_workloads(files):
 
     echo_servers = ("c-echo", *NET)
     points = [Workload("echo-100B-c%d" % c, ECHO, c,
-                       echo_servers + (FLOOR + EXEC if c < 256 else ()), ["-s", "100"])
+                       echo_servers + (FLOOR + EXEC if c < 256 else ())
+                       + (REMOTE if c == 32 else ()), ["-s", "100"])
               for c in (1, 32, 256)]
     # The load generator's own ceiling: all its threads against the C server.
     threads = os.cpu_count() or 1
@@ -178,6 +187,21 @@ def server_command(server, handler, workers):
                            "--exec", shlex.quote(os.path.join(BUILD, "echo-worker")),
                            "--port", "0", "--workers", str(workers)],
     }[server.split("@")[0]]
+
+
+def remote_commands(server, handler):
+    """A remote server's producer, and a function from its endpoint to one remote worker's
+    command. The producer's one local worker runs the conformance kit's handler (an echo that
+    can also be told to hold on), which keeps it busy for the whole point (see RemotePool);
+    the handler named is the Python remote workers', the C ones echo."""
+    producer = [sys.executable, "-m", "gaspar2", "serve", "gaspar2.conformance:handle",
+                "--port", "0", "--workers", "1", "--window", "1",
+                "--remote-workers", "tcp://127.0.0.1:0", "--graceful-timeout", "1"]
+    if server == "remote-c":
+        return producer, lambda endpoint: [C_WORKER, endpoint]
+    return producer, lambda endpoint: [sys.executable, "-m", "gaspar2", "worker", handler,
+                                       "--connect", endpoint, "--listen", "127.0.0.1",
+                                       "--workers", "1"]
 
 
 def export_revision(rev):
@@ -337,8 +361,12 @@ def run_server(server, handler, points, round_no, args, raw):
     log = os.path.join(args.out, "logs",
                        "%s-%s-r%d.log" % (server, handler.split(":")[1], round_no + 1))
     try:
-        proc = Server(server_command(server, handler, args.workers), log,
-                      cwd=args.revisions.get(server, ROOT))
+        if server in REMOTE:
+            producer, worker = remote_commands(server, handler)
+            proc = RemotePool(producer, log, worker, REMOTE_WORKERS)
+        else:
+            proc = Server(server_command(server, handler, args.workers), log,
+                          cwd=args.revisions.get(server, ROOT))
     except (RuntimeError, OSError) as exc:
         for w in points:
             raw[w.name, server].append({"error": str(exc)})
@@ -493,6 +521,12 @@ def main():
     build()
     os.makedirs(os.path.join(BUILD, "payloads"), exist_ok=True)
     points, calibration = make_workloads(os.path.join(BUILD, "payloads"))
+    if any(selected(args.only, "remote-c", w.name) for w in points if "remote-c" in w.servers):
+        c_worker, why = build_c_worker()
+        if c_worker is None:
+            print("remote-c skipped: %s" % why, file=sys.stderr)
+            for w in points:
+                w.servers = tuple(s for s in w.servers if s != "remote-c")
     args.revisions = add_revisions(points, args.also_at)
     if args.list:
         for w in points:
