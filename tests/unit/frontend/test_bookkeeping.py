@@ -280,3 +280,24 @@ def test_drops_are_counted_by_reason():
     for reason in ["malformed", "sender", "sender", "not_held"]:
         drops.count(reason, "detail")
     assert drops.counts == {"malformed": 1, "sender": 2, "not_held": 1} and drops.total() == 4
+
+
+@given(body=st.sampled_from([0, 1, frames.FIRST_READ - 5, frames.FIRST_READ - 4,
+                             frames.FIRST_READ - 3, frames.FIRST_READ, 2 * frames.FIRST_READ]),
+       cut=st.integers(0, 8))
+def test_past_the_budget_only_a_frame_come_whole_in_one_read_is_taken(body, cut):
+    """Either side of the first read's size (its header counts), and with bytes still to
+    come: a frame is read past the budget only when all of it is there and fits one read."""
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        data = wire.pack(b"b" * body)
+        sent = data[:len(data) - cut] if cut < len(data) else data[:0]
+        theirs.sendall(sent)
+        reader = frames.FrameReader(4 * MiB)
+        whole = len(sent) == len(data) and len(data) <= frames.FIRST_READ
+        if not sent:
+            assert reader.arrived_whole(ours), "nothing there: the read will tell"
+        else:
+            assert reader.arrived_whole(ours) == whole
+        assert frames.available(ours) == len(sent), "a look takes nothing"
