@@ -30,7 +30,7 @@ from typing import cast
 
 import zmq
 
-from ..consumer import Consumer, Reply, reply_bytes
+from ..consumer import Consumer, Handler, Reply, reply_bytes
 from ..loading import EXIT_BOOT, forget_setup_failures, report_setup_failure
 from ..protocol import wire
 from ..protocol.arena import Arena, place
@@ -99,6 +99,7 @@ class Worker:
         self.waiting = False            # in recv, where a TERM may interrupt it
         self.serving = False            # set up and connected
         self.stopping = False
+        self.orphaned = False           # its parent is gone: looked at while idle
         self.contact = 0.0              # when the producer was last heard from
         self.report_dir: str | None = None  # where workers agree to log a traceback once
         self.arena: memoryview | None = None    # large bodies and their replies, shared
@@ -120,7 +121,7 @@ class Worker:
             self.consumer.setup()
             self.as_view = bool(getattr(self.consumer, "accepts_memoryview", False))
             # Given a memoryview only if it accepts_memoryview (see _run).
-            self.handle = cast("Callable[[bytes | memoryview], Reply]", self.consumer.handle)
+            self.handle = cast("Callable[[bytes | memoryview], Reply]", direct(self.consumer))
         except BaseException:
             report_setup_failure(self.id, self.report_dir)
             return EXIT_BOOT
@@ -163,7 +164,7 @@ class Worker:
         the producer took back meanwhile is skipped: another worker runs it."""
         while True:
             while not self.queue:
-                if self.stopping or os.getppid() != self.parent_pid:
+                if self.stopping or self.orphaned:
                     return None
                 self.wait()
             epoch, seq, request_id, payload, shared = self.queue.popleft()
@@ -183,6 +184,7 @@ class Worker:
             self.waiting = False
         if frame is None:
             self.progress.beat(self.slot, time.monotonic())    # idle, and alive
+            self.orphaned = os.getppid() != self.parent_pid     # asked only while idle
             return
         frames = wire.with_rest(self.pull, frame) if frame.more else [frame]
         if len(frames) > 1 and wire.is_control(frames):     # a batch is one frame
@@ -213,6 +215,7 @@ class Worker:
             self._wait()                # at once: a message is there
         else:
             self.progress.beat(self.slot, time.monotonic())
+            self.orphaned = os.getppid() != self.parent_pid
 
     def _control(self, frames: wire.Frames) -> bool:
         """A control message from the producer (remote workers act on them); True if it
@@ -225,7 +228,9 @@ class Worker:
                 message = self._shared_body(payload)
             else:
                 message = payload if self.as_view else bytes(payload)
-            body = reply_bytes(self.handle(message))
+            body = self.handle(message)
+            if type(body) is not bytes:
+                body = reply_bytes(body)
         except ProgramError as exc:     # the program failed it, or broke (see command.py)
             self._fail(request_id, exc.text)
             if exc.broken:
@@ -290,6 +295,14 @@ class Worker:
         self.stopping = True
         if self.waiting:
             raise StopNow
+
+
+def direct(consumer: Consumer) -> Handler:
+    """What to call for a request: a plain ``Consumer``'s handler itself, one call fewer
+    per request; otherwise the consumer's ``handle``."""
+    if type(consumer) is Consumer and consumer.handler is not None:
+        return consumer.handler
+    return consumer.handle
 
 
 class StopNow(Exception):
