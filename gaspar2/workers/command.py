@@ -46,7 +46,7 @@ import zmq
 from gevent.monkey import get_original
 
 from ..consumer import Consumer
-from ..protocol.wire import HEADER
+from ..protocol.wire import EVENTS, EVENTS_OF, HEADER
 from .process import Backoff
 
 log = logging.getLogger("gaspar2.program")
@@ -64,7 +64,7 @@ READ_SIZE = 65536
 PIPE_SIZE = 1 << 20         # asked of the kernel for the request and answer pipes
 FIRST_GROWTH = 65536        # an answer's buffer grows by at least this much, at most doubling
 PR_SET_PDEATHSIG = 1
-IDLE_FLAGS = zmq.POLLIN
+IDLE_FLAGS = int(zmq.POLLIN)
 
 # The worker blocks for real, even in a process that gevent's monkey patching changed.
 POLL, SLEEP = get_original("select", "poll"), get_original("time", "sleep")
@@ -267,8 +267,8 @@ def tie_to(parent: int) -> None:
 
 
 class Stale(Exception):
-    """The child's stdout had something before the request was sent: it broke while idle,
-    and the request can go to its successor."""
+    """The child no longer read its stdin when the request was written: it broke while
+    idle, and the request can go to its successor."""
 
 
 class Child:
@@ -291,6 +291,7 @@ class Child:
                 pass            # over the kernel's limit: the default size works too
         self.started = time.monotonic()
         self.answered = 0
+        self.early = b""        # stdout's bytes read but not yet judged (see _read_whole)
         self.status: int | None = None
         self.killed = False     # by the worker: its status says nothing of the program
         self.lines = Lines()
@@ -300,7 +301,8 @@ class Child:
         for fd in (self.stdout, self.stderr):
             self.poller.register(fd, POLLIN)
 
-    def exchange(self, message: bytes | memoryview, limit: int | None) -> tuple[int, bytearray]:
+    def exchange(self, message: bytes | memoryview,
+                 limit: int | None) -> tuple[int, bytes | bytearray]:
         """Write one request, read its answer: (kind, body). ProgramError (broken) when the
         child broke, reaped by then; Stale when it had broken before the request went."""
         try:
@@ -317,18 +319,31 @@ class Child:
             self.finish()
             raise ProgramError(self.end("closed its standard output"), broken=True) from None
 
-    def _exchange(self, view: memoryview, limit: int | None) -> tuple[int, bytearray]:
+    def _exchange(self, view: memoryview, limit: int | None) -> tuple[int, bytes | bytearray]:
+        """Write the request at once (the pipe is empty between requests, so a request
+        that fits it goes in one call), then wait on stdout and stderr, and on stdin only
+        for the rest of a request larger than the pipe. A pipe nobody reads any more means
+        the child broke while idle (``Stale``)."""
         pending = [memoryview(HEADER.pack(len(view))), view]
-        reader = AnswerReader(limit)
+        try:
+            self._write(pending)
+        except BrokenPipeError:
+            raise Stale from None
         poller, stdin, stdout = self.poller, self.stdin, self.stdout
-        poller.register(stdin, POLLOUT)
-        sent = False
+        if pending:
+            poller.register(stdin, POLLOUT)
+        reader: AnswerReader | None = None
         try:
             while True:
                 for fd, events in poller.poll():    # stdout and stderr come before stdin
                     if fd == stdout:
-                        if not sent:
-                            raise Stale
+                        if reader is None:
+                            if not pending:
+                                answer = self._read_whole(limit)
+                                if answer is not None:
+                                    self.answered += 1
+                                    return answer
+                            reader = AnswerReader(limit)
                         if self._read_answer(reader, bool(pending)):
                             self.answered += 1
                             return reader.kind, reader.body
@@ -336,7 +351,6 @@ class Child:
                         if events & (POLLERR | POLLHUP):
                             raise BrokenPipeError
                         self._write(pending)
-                        sent = True
                         if not pending:
                             poller.unregister(stdin)
                     else:
@@ -344,6 +358,24 @@ class Child:
         finally:
             if pending:
                 poller.unregister(stdin)
+
+    def _read_whole(self, limit: int | None) -> tuple[int, bytes] | None:
+        """The common case in one read: a whole answer that fits ``READ_SIZE``, with nothing
+        after it. None if the read was anything else: its bytes are then waiting in
+        ``self.early`` for the reader, which judges them."""
+        try:
+            data = os.read(self.stdout, READ_SIZE)
+        except BlockingIOError:
+            return None
+        if not data:
+            raise EOFError
+        if len(data) >= ANSWER.size:
+            kind, length = ANSWER.unpack_from(data)
+            if (len(data) == ANSWER.size + length and kind in (REPLY, FAILURE)
+                    and (limit is None or length <= limit)):
+                return kind, data[ANSWER.size:]
+        self.early = data
+        return None
 
     def _write(self, pending: list[memoryview]) -> None:
         try:
@@ -357,6 +389,12 @@ class Child:
 
     def _read_answer(self, reader: AnswerReader, writing: bool) -> bool:
         """Read what stdout has; True once the answer is whole."""
+        if self.early:                  # what _read_whole took and left to the reader
+            data, self.early = self.early, b""
+            used = reader.feed(data)
+            if used < len(data):
+                raise BadAnswer("%d bytes after an answer" % (len(data) - used))
+            return reader.done
         target = reader.into()
         try:
             if target is not None:
@@ -547,7 +585,7 @@ class Command(Consumer):
         log.debug("worker %d: started %s (pid %d)", self.worker_id, self, child.pid)
         return child
 
-    def handle(self, message: bytes) -> bytearray:
+    def handle(self, message: bytes) -> bytes | bytearray:
         for _ in range(2):
             child = self.child
             if child is None:
@@ -614,7 +652,11 @@ class Command(Consumer):
     def idle(self, socket: zmq.SyncSocket, timeout_ms: int) -> bool:
         """The worker's wait for requests: until ``socket`` is readable (True) or
         ``timeout_ms`` passes, logging the child's stderr meanwhile, and replacing a child
-        that broke while idle. ProgramError when the program cannot be started again."""
+        that broke while idle. ProgramError when the program cannot be started again.
+        A request already there is taken without a wait: under load the child's pipes are
+        watched while it runs one (``Child.exchange``)."""
+        if int(EVENTS_OF(socket, EVENTS)) & IDLE_FLAGS:
+            return True
         child = self.child
         poller = zmq.Poller()
         poller.register(socket, IDLE_FLAGS)
