@@ -7,7 +7,9 @@ announce a 3 GiB reply. ``spin:S:PATH``: write its pid to PATH, then a busy loop
 seconds, then echo. ``stderr:N``: N lines on stderr, then answer N. ``flood:S``: stderr as
 fast as it goes for S seconds, then answer. ``env``: its worker id (environment, argument)
 and its worker's pid. ``pid``: its pid. ``count:PATH:TEXT``: append its pid to PATH, answer
-TEXT. ``close``: close stdout and sleep. Anything else is echoed.
+TEXT. ``close``: close stdout and sleep. ``trailing``: an answer with bytes after it.
+``cut:N:...``: echo, the answer written in two pieces, the first N bytes long. Anything else is
+echoed.
 """
 
 import os
@@ -67,6 +69,17 @@ def serve(message):
         with open(path, "a") as f:
             f.write("%d\n" % os.getpid())
         return answer(0, text)
+    if command == b"trailing":
+        stdout.write(struct.pack("!BI", 0, 2) + b"ok" + b"and more")
+        return stdout.flush()
+    if command == b"cut":                   # the answer in two writes, 5 ms apart
+        whole = struct.pack("!BI", 0, len(message)) + message
+        half = int(arg.partition(b":")[0]) % (len(whole) + 1)
+        stdout.write(whole[:half])
+        stdout.flush()
+        time.sleep(0.005)
+        stdout.write(whole[half:])
+        return stdout.flush()
     if command == b"close":
         os.close(1)
         time.sleep(3600)

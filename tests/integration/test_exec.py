@@ -80,6 +80,14 @@ def test_replies_are_the_childs_byte_for_byte_at_every_size(server):
         assert len(reply) == len(body) and reply == body
 
 
+def test_an_answer_in_pieces_is_read_whole_wherever_it_is_cut(server):
+    """Cut inside the head, at its end and inside the body: each is read whole."""
+    messages = [b"cut:%d:%s" % (cut, b"x" * cut) for cut in (1, 4, 5, 6, 40)]
+    with ThreadPoolExecutor(4) as pool:
+        replies = list(pool.map(lambda message: request(server, message), messages))
+    assert replies == messages
+
+
 def test_a_request_the_program_fails_fails_alone_and_the_child_serves_on(server):
     before = settled(server)
     with pytest.raises(client.RequestReset):
@@ -99,6 +107,8 @@ FAULTS = [
     (b"huge", r"its program answered what is not an answer \(an answer of 3221225472 bytes, "
               r"over max_reply_size 2097152\): killed it"),
     (b"close", r"its program closed its standard output: killed it"),
+    (b"trailing", r"its program answered what is not an answer \(8 bytes after an answer\)"
+                  r": killed it"),
 ]
 
 
