@@ -69,6 +69,7 @@ READS_PER_WAKEUP = 256      # messages read from a sink before the loop sees to 
 RETRY_READ = 0.01           # after an error while draining a sink, look again this soon
 JOIN_RETRY = 0.1            # a worker that could not be connected for want of files
 TRIM_AFTER = 64 * 2**20     # hand freed memory back to the system past this much
+TRIM_EVERY = 0.05           # and past the buffer limit, this often at most
 PRESSURE_LOG_EVERY = 30.0   # the buffer limit reached: one line this often at most
 CLIENT_CAUSED = frozenset({"bad_frame", "timeout", "client_gone"})     # outcomes: throttled
 
@@ -137,6 +138,7 @@ class RequestPath:
         self.closing = False            # worker exits are expected now
         self.draining = False           # the owner waits for the last connection to close
         self._pending: Any = None       # a dispatch at the end of this loop iteration
+        self.trimmed_at = 0.0           # when freed memory was last handed back
         # While local workers hold requests, look this often for stuck ones.
         interval = settings.giveback_after / 2
         self.stuck_watch = loop.timer(interval, interval)
@@ -320,6 +322,8 @@ class RequestPath:
             conn.held = held
             if budget.used > budget.peak:
                 budget.peak = budget.used
+            if held >= FIRST_READ:
+                self._count_idle_pages()
         elif held < conn.held:
             self._charge(conn, held)
         conn.reader = None
@@ -385,9 +389,26 @@ class RequestPath:
         if budget.used > budget.peak:
             budget.peak = budget.used
         conn.held = nbytes
-        if nbytes < held and self.readers.paused:
+        if nbytes > held:
+            self._count_idle_pages()
+        elif nbytes < held and self.readers.paused:
             for paused in self.readers.to_resume():
                 self._resume(paused)
+
+    def _count_idle_pages(self) -> None:
+        """Memory freed but kept is memory too. The arena's free pages that are still
+        resident go back to the system once they and the bytes held pass the limit (see
+        arena.py); past the limit, so does what the allocator keeps of freed buffers, at
+        most every ``TRIM_EVERY`` seconds."""
+        arena, budget = self.arena, self.budget
+        if arena is not None and arena.resident > arena.used and (
+                budget.used + arena.resident - arena.used > budget.limit):
+            arena.trim()
+        if budget.used > budget.bulk:
+            now = self.loop.now()
+            if now - self.trimmed_at >= TRIM_EVERY:
+                self.trimmed_at = now
+                release_memory()
 
     # -- 3. dispatch -------------------------------------------------------------------------
 

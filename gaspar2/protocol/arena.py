@@ -12,6 +12,11 @@ takes one), and writes its reply over it when the reply fits; the producer sends
 to the client from there. Its pages are reused from request to request: a fresh mapping or
 file per request would cost a page fault and a page cleared for every 4 KiB.
 
+Pages kept for reuse are memory all the same. The arena counts the bytes it may hold
+resident (``resident``: every grain a region has covered since it was last trimmed), so
+that the producer can count its free-but-resident pages against the buffer limit and hand
+them back (``trim``) when the limit needs them.
+
 A region is free again once neither its client's connection nor a worker holds it. When the
 arena has no room, a body is read into the producer's memory and travels through ZeroMQ, as
 small ones do.
@@ -26,6 +31,7 @@ import struct
 GRAIN = 64 * 1024               # regions start and end on this boundary
 MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000)     # Python < 3.13 lacks the name
 REF = struct.Struct("!QQQ")     # a region's offset, its capacity, the body's size
+ALL_TOUCHED = b"\x01" * (1 << 16)  # the grains of any region (4 GiB at most)
 
 
 class Arena:
@@ -37,6 +43,14 @@ class Arena:
         self.view = memoryview(self.map)
         self.free: list[tuple[int, int]] = [(0, self.size)]   # (offset, length), by offset
         self.used = 0
+        self.touched = bytearray(self.size // GRAIN)    # 1: the grain may be resident
+        self.resident = 0           # bytes of the touched grains
+        self.released = False       # a region was freed since the last trim
+
+    @property
+    def idle_resident(self) -> int:
+        """Bytes of free regions that may still be resident: memory nobody holds."""
+        return self.resident - self.used
 
     def region(self, length: int) -> Region | None:
         """A region for a body of ``length`` bytes, or None when there is no room."""
@@ -48,12 +62,16 @@ class Arena:
                 else:
                     self.free[i] = (offset + capacity, free - capacity)
                 self.used += capacity
+                first, end = offset // GRAIN, (offset + capacity) // GRAIN
+                self.resident += (end - first - self.touched.count(1, first, end)) * GRAIN
+                self.touched[first:end] = ALL_TOUCHED[:end - first]
                 return Region(self, offset, capacity, length)
         return None
 
     def release(self, offset: int, capacity: int) -> None:
         """Give a region back, merging it with free neighbours."""
         self.used -= capacity
+        self.released = True
         i = bisect.bisect(self.free, (offset, 0))
         if i < len(self.free) and offset + capacity == self.free[i][0]:
             capacity += self.free.pop(i)[1]
@@ -65,8 +83,15 @@ class Arena:
 
     def trim(self) -> None:
         """Hand the pages of free regions back to the system (they fault in when reused)."""
+        touched = self.touched
         for offset, length in self.free:
-            self.map.madvise(mmap.MADV_REMOVE, offset, length)
+            first, end = offset // GRAIN, (offset + length) // GRAIN
+            count = touched.count(1, first, end)
+            if count:
+                self.map.madvise(mmap.MADV_REMOVE, offset, length)
+                touched[first:end] = bytes(end - first)
+                self.resident -= count * GRAIN
+        self.released = False
 
 
 class Region:

@@ -45,6 +45,45 @@ def test_regions_never_overlap_and_free_space_merges(steps):
     assert arena.free == [(0, arena.size)] and arena.used == 0
 
 
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from("aaarrt"), st.integers(1, 6 * GRAIN)),
+                      max_size=60))
+def test_what_may_be_resident_is_every_grain_used_since_the_last_trim(steps):
+    """``resident`` counts the grains regions covered since they were last trimmed, each
+    once however often reused; a trim leaves exactly what is in use."""
+    arena = Arena(32 * GRAIN, threshold=1)
+    held, touched = [], set()
+    for step, size in steps:
+        if step == "a":
+            region = arena.region(size)
+            if region is not None:
+                held.append(region)
+                touched.update(range(region.offset // GRAIN,
+                                     (region.offset + region.capacity) // GRAIN))
+        elif step == "r" and held:
+            held.pop(size % len(held)).drop_client()
+        elif step == "t":
+            arena.trim()
+            touched = {g for r in held for g in range(r.offset // GRAIN,
+                                                        (r.offset + r.capacity) // GRAIN)}
+            assert arena.resident == arena.used
+        assert arena.resident == len(touched) * GRAIN >= arena.used
+        assert arena.idle_resident == arena.resident - arena.used
+
+
+def test_a_trimmed_region_is_handed_back_and_one_in_use_is_kept():
+    arena = Arena(4 * GRAIN, threshold=1)
+    kept, freed = arena.region(GRAIN), arena.region(GRAIN)
+    kept.view()[:] = b"k" * GRAIN
+    freed.view()[:] = b"f" * GRAIN
+    freed.drop_client()
+    assert arena.idle_resident == GRAIN
+    arena.trim()
+    assert arena.idle_resident == 0
+    assert bytes(arena.view[GRAIN:2 * GRAIN]) == bytes(GRAIN), "its pages were handed back"
+    assert bytes(kept.view()) == b"k" * GRAIN
+
+
 def test_a_region_is_free_only_once_client_and_worker_let_go():
     arena = Arena(4 * GRAIN, threshold=1)
     region = arena.region(10)
