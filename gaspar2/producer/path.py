@@ -401,9 +401,10 @@ class RequestPath:
         arena.py); past the limit, so does what the allocator keeps of freed buffers, at
         most every ``TRIM_EVERY`` seconds."""
         arena, budget = self.arena, self.budget
-        if arena is not None and arena.resident > arena.used and (
-                budget.used + arena.resident - arena.used > budget.limit):
-            arena.trim()
+        if arena is not None:
+            idle = arena.idle_resident
+            if idle > 0 and budget.used + idle > budget.limit:
+                arena.trim()
         if budget.used > budget.bulk:
             now = self.loop.now()
             if now - self.trimmed_at >= TRIM_EVERY:

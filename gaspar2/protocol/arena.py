@@ -45,7 +45,6 @@ class Arena:
         self.used = 0
         self.touched = bytearray(self.size // GRAIN)    # 1: the grain may be resident
         self.resident = 0           # bytes of the touched grains
-        self.released = False       # a region was freed since the last trim
 
     @property
     def idle_resident(self) -> int:
@@ -71,7 +70,6 @@ class Arena:
     def release(self, offset: int, capacity: int) -> None:
         """Give a region back, merging it with free neighbours."""
         self.used -= capacity
-        self.released = True
         i = bisect.bisect(self.free, (offset, 0))
         if i < len(self.free) and offset + capacity == self.free[i][0]:
             capacity += self.free.pop(i)[1]
@@ -91,7 +89,6 @@ class Arena:
                 self.map.madvise(mmap.MADV_REMOVE, offset, length)
                 touched[first:end] = bytes(end - first)
                 self.resident -= count * GRAIN
-        self.released = False
 
 
 class Region:

@@ -197,7 +197,6 @@ BATCH = b"B"
 BATCH_HEAD = Layouts("!cQQI{0}Q{0}I")   # kind, epoch, seq, count, ids, lengths
 BATCH_FIXED = struct.Struct("!cQQI")    # kind, epoch, the first request's seq, count
 BATCH_FIELDS = Layouts("!{0}Q{0}I")     # ids, lengths
-ONE_FIELDS = BATCH_FIELDS[1]
 PER_REQUEST = 12                        # bytes of a request's id and length in the head
 SHARED_BIT = 1 << 63               # set in a batch's id: its frame is a body's place in the arena
 Batch = list[tuple[int, int, int, memoryview, bool]]
@@ -228,20 +227,14 @@ def decode_batch(frames: Frames) -> Batch:
     if len(view) < 2 * fixed or view[0] != BATCH[0]:
         raise BadMessage("not a batch: %r" % bytes(view[:fixed]))
     _, epoch, seq, count = BATCH_FIXED.unpack_from(view)
-    size = len(view)
     at = fixed + PER_REQUEST * count
-    if at + fixed > size:
-        raise BadMessage("a batch of %d requests in %d bytes" % (count, size))
-    if view[:fixed] != view[size - fixed:]:
-        raise BadMessage("a batch whose end does not repeat its start")
-    if count == 1:                      # the common case at low load, in one unpack
-        rid, length = ONE_FIELDS.unpack_from(view, fixed)
-        if at + length + fixed != size:
-            raise BadMessage("a batch whose lengths do not add up to its size")
-        return [(epoch, seq, rid & ~SHARED_BIT, view[at:at + length], rid >= SHARED_BIT)]
+    if at + fixed > len(view):
+        raise BadMessage("a batch of %d requests in %d bytes" % (count, len(view)))
     fields = BATCH_FIELDS[count].unpack_from(view, fixed)
-    if at + sum(fields[count:]) + fixed != size:
+    if at + sum(fields[count:]) + fixed != len(view):
         raise BadMessage("a batch whose lengths do not add up to its size")
+    if view[:fixed] != view[-fixed:]:
+        raise BadMessage("a batch whose end does not repeat its start")
     batch = []
     for i in range(count):
         end = at + fields[count + i]

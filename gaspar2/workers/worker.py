@@ -183,8 +183,7 @@ class Worker:
         finally:
             self.waiting = False
         if frame is None:
-            self.progress.beat(self.slot, time.monotonic())    # idle, and alive
-            self.orphaned = os.getppid() != self.parent_pid     # asked only while idle
+            self._idle()
             return
         frames = wire.with_rest(self.pull, frame) if frame.more else [frame]
         if len(frames) > 1 and wire.is_control(frames):     # a batch is one frame
@@ -214,8 +213,13 @@ class Worker:
         if readable:
             self._wait()                # at once: a message is there
         else:
-            self.progress.beat(self.slot, time.monotonic())
-            self.orphaned = os.getppid() != self.parent_pid
+            self._idle()
+
+    def _idle(self) -> None:
+        """A wait ended with nothing to run: say the loop is alive, and look at the parent
+        (only here, not once per request)."""
+        self.progress.beat(self.slot, time.monotonic())
+        self.orphaned = os.getppid() != self.parent_pid
 
     def _control(self, frames: wire.Frames) -> bool:
         """A control message from the producer (remote workers act on them); True if it
