@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from gaspar2 import client
+from gaspar2.workers.command import ANSWER, READ_SIZE
 
 from conftest import ROOT, Server, alive, children, wait_for
 
@@ -72,7 +73,10 @@ def request(server, message):
 
 
 def test_replies_are_the_childs_byte_for_byte_at_every_size(server):
-    sizes = [0, 100, 2**20, MAX] * 2
+    # Either side of an answer that fills one read of the child's stdout, and the sizes
+    # users send.
+    one_read = READ_SIZE - ANSWER.size
+    sizes = [0, 100, one_read - 1, one_read, one_read + 1, 2**20, MAX] * 2
     bodies = [os.urandom(size) for size in sizes]   # distinct: each reply is checked
     with ThreadPoolExecutor(4) as pool:             # against its own request
         replies = list(pool.map(lambda body: request(server, body), bodies))
