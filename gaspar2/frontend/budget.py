@@ -12,7 +12,10 @@ past it the front end stops reading them (TCP flow control pushes back on the cl
 The oldest request being read reads on while everything else fits under ``bulk``, or
 while nothing but frames being read holds memory, so it always completes and nothing
 waits forever; a request read whole keeps its bytes until its reply replaces them, so the
-next oldest waits until those bytes are gone: the exception does not chain. Small
+next oldest waits until those bytes are gone: the exception does not chain. While the
+frames announced need more than is free, they grow in the order they were announced: a
+younger one reads only what the older ones leave, so the budget goes to frames that will
+complete, not to many halves that all wait for each other. Small
 requests that arrive whole are read until the limit plus one ``max_message_size``, so they
 are not kept waiting behind large uploads. Together: the producer holds at most the limit
 plus one ``max_message_size``.
@@ -31,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import itertools
 import logging
 import os
 from collections.abc import Callable
@@ -46,6 +50,7 @@ FALLBACK = 1024 * MiB           # when physical memory cannot be read
 PLENTY = 1 << 16                 # room for more replies than can be at workers: no need to count
 SIZE_CLASSES = 64                # a request's size class is its bit length
 LANE_MOST = 4 * MiB              # the part of the limit kept for small requests, at most
+IN_ORDER_MOST = 64               # frames looked at in order; younger ones wait for these
 
 
 def default_limit() -> int:
@@ -102,32 +107,57 @@ class Budget:
 class Readers:
     """The connections whose frame is partial, oldest first, and those of them paused for
     want of budget. The oldest is never paused: it always completes (or times out), so the
-    budget cannot fill with partial frames that all wait for each other."""
+    budget cannot fill with partial frames that all wait for each other. ``owing`` holds
+    the frames whose length is known, in the order it became known, with the bytes each
+    still needs; ``owed`` is their sum."""
 
     def __init__(self, budget: Budget, only_readers_hold: Callable[[], bool]):
         self.budget = budget
         self.only_readers_hold = only_readers_hold   # nothing read whole holds memory now
         self.reading: collections.OrderedDict[Any, None] = collections.OrderedDict()
         self.paused: collections.OrderedDict[Any, None] = collections.OrderedDict()
+        self.owing: collections.OrderedDict[Any, int] = collections.OrderedDict()
+        self.owed = 0
 
     def oldest(self) -> Any:
         return next(iter(self.reading), None)
 
+    def owes(self, conn: Any, need: int) -> None:
+        """``conn``'s frame, its length known, needs ``need`` more bytes of buffer."""
+        self.owed += need - self.owing.get(conn, 0)
+        if need > 0:
+            self.owing[conn] = need         # an update keeps its place
+        else:
+            self.owing.pop(conn, None)
+
     def allowance(self, conn: Any) -> int:
-        """How many payload bytes ``conn`` (which has ``held``) may read now; 0 or less:
-        pause it. The oldest reads on while everything else fits under ``bulk``, or when
-        only frames being read hold memory (then nothing else would free any)."""
+        """How many bytes ``conn`` (which has ``held``) may add now; 0 or less: pause it.
+        All read freely while every frame announced fits; then the oldest reads on while
+        everything else fits under ``bulk`` (or only frames being read hold memory: nothing
+        else would free any), past it if need be, and the others in order (``ahead``)."""
         free = self.budget.bulk - self.budget.used
-        if free >= READ_SLICE or (conn is self.oldest() and (free + conn.held >= 0
-                                                              or self.only_readers_hold())):
+        if free >= READ_SLICE and free >= self.owed:
             return READ_SLICE
-        return free
+        if conn is self.oldest() and (free + conn.held >= 0 or self.only_readers_hold()):
+            return max(free, READ_SLICE)
+        return free - self.ahead(conn, free)
+
+    def ahead(self, conn: Any, free: int) -> int:
+        """What the frames announced before ``conn``'s still need, counted until it reaches
+        ``free``; past the first ``IN_ORDER_MOST``, or for a frame not announced yet, all."""
+        ahead = 0
+        for other, need in itertools.islice(self.owing.items(), IN_ORDER_MOST):
+            if other is conn or ahead >= free:
+                return ahead
+            ahead += need
+        return self.owed
 
     def forget(self, conn: Any) -> Any:
         """``conn`` reads no more; the new oldest, if it is paused and may read now."""
         was_oldest = conn is self.oldest()
         self.paused.pop(conn, None)
         self.reading.pop(conn, None)
+        self.owed -= self.owing.pop(conn, 0)
         return self._oldest_to_resume() if was_oldest else None
 
     def _oldest_to_resume(self) -> Any:
@@ -138,17 +168,30 @@ class Readers:
         return None
 
     def to_resume(self) -> list[Any]:
-        """Paused connections to read again, in order: the oldest if it may, and as many
-        more as the free budget can feed."""
+        """Paused connections to read again: the oldest if it may, then as many more as the
+        free budget can feed, in the order they were paused while every frame announced
+        fits, else in the order they were announced."""
         if not self.paused:
             return []
         oldest = self._oldest_to_resume()
         resume = [] if oldest is None else [oldest]
         free = self.budget.bulk - self.budget.used
-        if free > 0:
-            count = min(max(1, free // READ_SLICE), len(self.paused))
+        if free <= 0:
+            return resume
+        count = min(max(1, free // READ_SLICE), len(self.paused))
+        if free >= self.owed:
             resume.extend(self.paused.popitem(last=False)[0] for _ in range(count))
-        return resume
+            return resume
+        ahead, more = 0, list[Any]()
+        for conn, need in itertools.islice(self.owing.items(), IN_ORDER_MOST):
+            if ahead >= free or len(more) == count:
+                break
+            if conn in self.paused:
+                more.append(conn)
+            ahead += need
+        for conn in more:
+            del self.paused[conn]
+        return resume + more
 
 
 def release_memory() -> None:

@@ -280,17 +280,20 @@ class RequestPath:
         assert reader is not None
         budget = self.budget
         room = budget.bulk - budget.used        # what its buffer may grow by
-        if room >= READ_SLICE:
+        if room >= READ_SLICE and room >= self.readers.owed:
             allowance = READ_SLICE
         else:
             allowance = self.readers.allowance(conn)
             if allowance > room:                # the oldest, reading past the limit
-                room = self.max_message_size
-            elif reader.length < 0 and room < FIRST_READ and (
-                    budget.used >= budget.limit + self.max_message_size
-                    or not reader.arrived_whole(conn.sock)):
-                self._pause(conn)               # only a small frame come whole is read now
-                return
+                room, allowance = self.max_message_size, READ_SLICE
+            else:
+                room = max(allowance, 0)        # what the frames announced before leave
+                allowance = min(allowance, READ_SLICE)
+                if reader.length < 0 and room < FIRST_READ and (
+                        budget.used >= budget.limit + self.max_message_size
+                        or not reader.arrived_whole(conn.sock)):
+                    self._pause(conn)           # only a small frame come whole is read now
+                    return
         try:
             complete = reader.read_from(conn.sock, allowance, room)
         except BlockingIOError:
@@ -340,6 +343,8 @@ class RequestPath:
         assert reader is not None
         if conn not in readers.reading:
             readers.reading[conn] = None
+        if reader.length >= 0:
+            readers.owes(conn, reader.length - conn.held)
         if readers.allowance(conn) <= 0 and (reader.length >= 0 or reader.header or self.budget
                                              .used >= self.budget.limit + self.max_message_size):
             self._pause(conn)

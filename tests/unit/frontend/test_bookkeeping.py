@@ -114,13 +114,44 @@ def test_readers_hold_at_most_the_limit_and_one_frame_and_always_move(limit, fra
             continue
         assert done or any(readers.allowance(c) > 0 for c in readers.reading), "deadlock"
         conn = list(readers.reading)[index % len(readers.reading)]
-        step = min(max(readers.allowance(conn), 0), lengths[conn] - conn.held)
+        step = min(max(readers.allowance(conn), 0), frames.READ_SLICE,
+                   lengths[conn] - conn.held)
         budget.change(step)
         conn.held += step
         if conn.held == lengths[conn]:
             readers.forget(conn)
             done.append(conn)
+        else:
+            readers.owes(conn, lengths[conn] - conn.held)
         assert budget.used <= budget.bulk + 16 * MiB
+        assert readers.owed == sum(readers.owing.values())
+
+
+def test_frames_announced_past_the_free_budget_grow_in_the_order_they_came():
+    """Many uploads at once: a younger frame reads only what the older ones leave, so the
+    budget goes to frames that complete instead of to many halves."""
+    budget = Budget(40 * MiB)
+    readers = Readers(budget, lambda: False)
+    conns = [Conn(n, held=MiB) for n in range(4)]
+    budget.change(4 * MiB)
+    for conn in conns:
+        readers.reading[conn] = None
+        readers.owes(conn, 16 * MiB)
+    free = budget.bulk - budget.used
+    assert readers.owed == 64 * MiB > free == 32 * MiB
+    assert readers.allowance(conns[0]) == free, "the oldest takes what it finds"
+    assert readers.allowance(conns[1]) == free - 16 * MiB, "the next what the oldest leaves"
+    assert readers.allowance(conns[2]) <= 0 and readers.allowance(conns[3]) <= 0
+    assert readers.allowance(Conn(9)) <= 0, "one not announced yet waits behind them all"
+    readers.owes(conns[0], 0)
+    assert readers.owed == 48 * MiB and readers.allowance(conns[2]) == free - 16 * MiB
+    for conn in conns[1:]:
+        readers.paused[conn] = None
+    assert readers.to_resume() == conns[1:3], "resumed in order, while the budget lasts"
+    readers.forget(conns[1])
+    readers.forget(conns[2])
+    assert readers.owed == 16 * MiB <= free
+    assert readers.allowance(conns[3]) == frames.READ_SLICE, "all fit: all read freely"
 
 
 def test_resuming_follows_the_free_budget_in_order():
