@@ -1,9 +1,11 @@
 """A gevent program that embeds a Producer, the way gaspar2's users do.
 
-    python tests/embedded_app.py [--patch] [--workers N]
+    python tests/embedded_app.py [--patch] [--workers N] [--handler NAME] [--set NAME=VALUE]...
 
-With --patch it calls gevent.monkey.patch_all() first. Before serving for good, it sends
-itself one request from the thread (and greenlet) that runs the producer's hub.
+With --patch it calls gevent.monkey.patch_all() first. ``--handler`` names a handler in
+tests/handlers.py (``fair`` by default); each ``--set`` is a keyword argument of Producer.
+Before serving for good, it sends itself one request from the thread (and greenlet) that
+runs the producer's hub.
 """
 
 import sys
@@ -20,13 +22,19 @@ import gevent
 import gaspar2
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.handlers import fair
+from tests import handlers
+
+
+def arguments(flag):
+    return [sys.argv[i + 1] for i, arg in enumerate(sys.argv[:-1]) if arg == flag]
 
 
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    workers = int(sys.argv[sys.argv.index("--workers") + 1]) if "--workers" in sys.argv else 2
-    producer = gaspar2.Producer(fair, 0, processes=workers)
+    workers = int(arguments("--workers")[-1]) if "--workers" in sys.argv else 2
+    handler = getattr(handlers, arguments("--handler")[-1] if "--handler" in sys.argv else "fair")
+    options = dict(setting.split("=", 1) for setting in arguments("--set"))
+    producer = gaspar2.Producer(handler, 0, processes=workers, **options)
     gevent.spawn(say_hello, producer)
     producer.start()
 

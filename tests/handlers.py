@@ -231,3 +231,12 @@ def slow_upload(message):
         return message
     time.sleep(0.1)
     return b"%d:%s" % (len(message), bytes(message[:1]))
+
+
+def upload_or_echo(message):
+    """``U`` and a body: an upload to a slow handler, which sleeps 0.1 s and answers the
+    message's length and last byte. Anything else is echoed."""
+    if message[:1] != b"U":
+        return message
+    time.sleep(0.1)
+    return b"%d:%d" % (len(message), message[-1])

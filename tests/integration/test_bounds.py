@@ -2,8 +2,10 @@
 clients that never read, replies over the limit, uploads held back by the buffer limit."""
 
 import concurrent.futures
+import os
 import socket
 import struct
+import sys
 import threading
 import time
 
@@ -11,7 +13,7 @@ import pytest
 
 from gaspar2 import client
 
-from conftest import connect, wait_for
+from conftest import ROOT, Server, connect, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 MiB = 2**20
@@ -188,8 +190,10 @@ def test_echoes_nobody_reads_are_reset_side_by_side(serve, clients, size, limit,
     base = server.memory()
     stop, latencies, sent = threading.Event(), [], []
     payload = b"n" * (size * MiB)
-    with concurrent.futures.ThreadPoolExecutor(clients + 1) as pool:
+    buffered = [0]
+    with concurrent.futures.ThreadPoolExecutor(clients + 2) as pool:
         others = pool.submit(served_meanwhile, server, stop, latencies, 0.005)
+        watch = pool.submit(most_buffered, server, stop, buffered)
         began = time.monotonic()
         socks = list(pool.map(lambda _: upload_and_never_read(server, payload, sent),
                               range(clients)))
@@ -197,9 +201,13 @@ def test_echoes_nobody_reads_are_reset_side_by_side(serve, clients, size, limit,
         took = time.monotonic() - began
         stop.set()
         others.result()
+        watch.result()
     peak = server.memory("VmHWM") - base
-    print("%d unread %d MiB echoes: all reset in %.1f s, peak +%.0f MiB, %d other requests, "
-          "slowest %.2f s" % (clients, size, took, peak / MiB, len(latencies), max(latencies)))
+    print("%d unread %d MiB echoes: all reset in %.1f s, at most %.1f MiB buffered, peak "
+          "+%.0f MiB, %d other requests, slowest %.2f s" % (clients, size, took,
+                                                            buffered[0] / MiB, peak / MiB,
+                                                            len(latencies), max(latencies)))
+    assert buffered[0] <= (limit + size) * MiB
     assert resets == clients and took < within
     assert max(latencies) < slowest
     assert peak < (limit + 64 + 32) * MiB
@@ -252,3 +260,102 @@ def test_uploads_past_the_buffer_limit_take_it_one_message_past_at_most(serve, c
     assert max(latencies) < 5.0, "small requests kept flowing"
     lines = server.log().count("buffer limit reached: ")
     assert 1 <= lines <= 2, "logged, at most once in 30 s"
+
+
+def stalled_header(server):
+    """A connection that sends half a header and then nothing: a slow reader's attack."""
+    sock = connect(server)
+    sock.sendall(b"\0\0")
+    return sock
+
+
+def closed_by_server(sock):
+    """Wait for the server to end ``sock`` (an EOF or a reset); True if it did."""
+    sock.settimeout(60)
+    try:
+        sock.recv(1)
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    finally:
+        sock.close()
+    return True
+
+
+def combined_server(serve, tmp_path, mode, options):
+    """The combined attacks' server, run each way a producer runs on its own machine:
+    ``gaspar2 serve``, or embedded in a gevent program, plain or monkey-patched."""
+    if mode == "serve":
+        args = []
+        for name, value in options.items():
+            args += ["--" + name.replace("_", "-"), value]
+        return serve("tests.handlers:upload_or_echo", *args)
+    cmd = [sys.executable, os.path.join(ROOT, "tests", "embedded_app.py"),
+           "--handler", "upload_or_echo"]
+    cmd += ["--patch"] if mode == "patched" else []
+    for name, value in options.items():
+        cmd += ["--set", "%s=%s" % (name, value)]
+    server = Server(None, [], tmp_path / "embedded.log", env=dict(os.environ, PYTHONPATH=ROOT),
+                    cmd=cmd)
+    try:
+        return server.wait_serving()
+    except BaseException:
+        server.stop()
+        raise
+
+
+# The attacks above, all at once: uploads past the buffer limit to a slow handler, echoes
+# whose clients never read, and connections stalled within their header. Scaled down, the
+# times are liveness bounds; at full size (--heavy) the sizes are the issue's.
+@pytest.mark.parametrize("mode", ["serve", "embedded", "patched"])
+@pytest.mark.parametrize("uploads, readless, stalled, size, limit", [
+    pytest.param(12, 12, 40, 4, 16, id="scaled"),
+    pytest.param(256, 64, 100, 8, 64, id="full",
+                 marks=[pytest.mark.heavy, pytest.mark.timeout(600)])])
+def test_attacks_combined_keep_every_bound_and_the_normal_client(serve, tmp_path, mode, uploads,
+                                                                 readless, stalled, size, limit):
+    """Each bound holds with the others under attack: at most the limit and one message
+    buffered, every upload answered with its own reply, every non-reader reset, every
+    stalled header dropped, and small requests served throughout."""
+    server = combined_server(serve, tmp_path, mode, {
+        "workers": "2", "buffer_limit": "%dMiB" % limit, "max_message_size": "%dMiB" % size,
+        "write_timeout": "1", "read_timeout": "3"})
+    try:
+        combined_attacks(server, mode, uploads, readless, stalled, size, limit)
+    finally:
+        server.stop()
+
+
+def combined_attacks(server, mode, uploads, readless, stalled, size, limit):
+    """The attacks and the normal client against ``server``; each bound asserted."""
+    assert client.request(server.url, b"warm", timeout=30) == b"warm"
+    base = server.memory()
+    stop, latencies, buffered, sent = threading.Event(), [], [0], []
+    bodies = [b"U" + bytes([n % 256]) * (size * MiB - 1) for n in range(uploads)]
+    echo = b"e" * (size * MiB)
+    with concurrent.futures.ThreadPoolExecutor(uploads + readless + 2) as pool:
+        others = pool.submit(served_meanwhile, server, stop, latencies, 0.005)
+        watch = pool.submit(most_buffered, server, stop, buffered)
+        stalls = [stalled_header(server) for _ in range(stalled)]
+        answers = [pool.submit(upload, server, body) for body in bodies]
+        unread = list(pool.map(lambda _: upload_and_never_read(server, echo, sent),
+                               range(readless)))
+        resets = count_resets(unread)
+        dropped = sum(pool.map(closed_by_server, stalls))
+        replies = [answer.result() for answer in answers]
+        stop.set()
+        others.result()
+        watch.result()
+    peak = server.memory("VmHWM") - base
+    print("%s: %d uploads and %d unread echoes of %d MiB, %d stalled headers, limit %d MiB: "
+          "at most %.1f MiB buffered, peak RSS +%.0f MiB, %d other requests, slowest %.2f s"
+          % (mode, uploads, readless, size, stalled, limit, buffered[0] / MiB, peak / MiB,
+             len(latencies), max(latencies)))
+    assert replies == [b"%d:%d" % (size * MiB, n % 256) for n in range(uploads)]
+    assert resets == readless
+    assert dropped == stalled
+    assert buffered[0] <= (limit + size) * MiB
+    assert peak < (limit + size + 32) * MiB
+    assert max(latencies) < 5.0, "small requests kept flowing"
+    wait_for(lambda: server.status()["buffered"] == 0, message="every buffer freed")
