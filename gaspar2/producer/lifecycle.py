@@ -26,6 +26,7 @@ import gevent.monkey
 from .. import logs, settings
 from ..consumer import Consumer, as_consumer, describe, target_of
 from ..frontend import listeners
+from ..frontend.delivery import after_reply
 from ..loading import forget_setup_failures, preload
 from ..protocol.progress import ProgressTable
 from ..workers import forkserver
@@ -34,7 +35,6 @@ from ..workers.process import make_ipc_dir, raise_open_file_limit, set_title
 from ..workers.supervisor import Supervisor
 from ..workers.worker import LocalWorkers
 from . import metrics, systemd
-from .exposure import Exposure
 from .members import RemoteMembers
 from .path import RequestPath
 from .transport import Announcing, Transport
@@ -76,8 +76,8 @@ class Producer:
     loop: Any
     path: RequestPath
     supervisor: Supervisor
-    exposure: Exposure
     notifier: systemd.Notifier
+    reload_watch: systemd.ReloadWatch
 
     def __init__(self, consumer: Any, port: int | None = None, processes: int | None = None,
                  host: str | None = None, **options: Any) -> None:
@@ -102,6 +102,9 @@ class Producer:
         self.rename_process = False
         """True (``gaspar2 serve``): the process is the producer's own, renamed for ps."""
         self.ipc_dir: str | None = None
+        self._address: tuple[str, int] | None = None     # the first TCP listener's
+        self._label = ""                # how logs and titles name the first TCP listener
+        self._addresses: list[str] = []     # every listener's, once serving
         self.fork: forkserver.ForkServerClient | None = None
         self.transport: Transport | None = None
         self.sweeper: Any = None
@@ -117,23 +120,25 @@ class Producer:
         self.loop = gevent.get_hub().loop
         self.path = RequestPath(self, self.settings, self.loop, self.progress)
         self.supervisor = self.path.supervisor
-        self.exposure = Exposure(self.settings, self.loop, self.path, self.name)
-        self.notifier = self.exposure.notifier
+        self.notifier = systemd.Notifier.from_environment()
+        self.activated = systemd.listen_fds()
+        self.reload_watch = systemd.ReloadWatch(self.loop, self.notifier, self.supervisor,
+                                                self._serving_line)
         self.thread = THREAD_IDENT()    # last: other threads read the parts once it is set
 
     @property
     def address(self) -> tuple[str, int]:
         """The bound (host, port) of the first TCP listener, once serving (port 0 picks a
         free one); ``addresses`` names every listener."""
-        if self.thread is None or self.exposure.address is None:
+        if self.thread is None or self._address is None:
             if self.addresses:
                 raise RuntimeError("no TCP listener: see addresses %s" % self.addresses)
             raise RuntimeError("the producer is not serving yet: call start() first")
-        return self.exposure.address
+        return self._address
 
     @property
     def addresses(self) -> list[str]:
-        return self.exposure.addresses if self.thread is not None else []
+        return self._addresses if self.thread is not None else []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -228,11 +233,11 @@ class Producer:
                                                  s.heartbeat, s.max_remote_workers,
                                                  self.path.max_reply_size, self._listening)
             log.info("remote workers may join at %s", remote_sink.endpoint)
-        self.exposure.observe(self.health)     # metrics and /healthz answer while workers start
+        self._observe()         # metrics and /healthz answer while the workers start
         self.notifier.status("starting %s" % logs.counted(s.workers, "worker"))
         self.supervisor.start()
         self._startup.get()
-        self.exposure.listen()
+        self._listen()
         self._startup.get()         # again: a stop signal may have come meanwhile
         self.path.start()
         self.sweeper = self.loop.timer(SWEEP_INTERVAL, SWEEP_INTERVAL)
@@ -240,9 +245,31 @@ class Producer:
         self.state = State.SERVING
         self.running.set()
         if self.rename_process:
-            set_title("gaspar2 producer %s %s" % (self.name, self.exposure.label))
-        log.info("gaspar2 %s", self.exposure.serving_line())
-        self.notifier.ready(self.exposure.serving_line())
+            set_title("gaspar2 producer %s %s" % (self.name, self._label))
+        log.info("gaspar2 %s", self._serving_line())
+        self.notifier.ready(self._serving_line())
+
+    def _observe(self) -> None:
+        """Start the metrics and health server and the access log, when asked for."""
+        s, path = self.settings, self.path
+        if s.metrics or s.access_log:
+            gauges = metrics.gauges(path, path.dispatcher, path.ready_count)
+            gauges.update(metrics.bounds_gauges(path.counts))
+            path.observer = metrics.Observer(gauges, s.metrics, s.access_log, self.health,
+                                             s.metrics_read_timeout, path.fds)
+
+    def _listen(self) -> None:
+        """Open every address (or take systemd's sockets) and hand them to the front end,
+        which learns what to do once a reply is written (see delivery.py)."""
+        s, path = self.settings, self.path
+        opened = listeners.open_all(s.bind, s.backlog, s.unix_socket_mode, self.activated)
+        path.listen(opened)
+        path.after_reply = after_reply(self.loop, path, opened, path.observer is not None)
+        self._addresses, self._label, self._address = listeners.announce(opened, self.activated)
+
+    def _serving_line(self) -> str:
+        return "serving %s on %s with %s" % (self.name, self._label,
+                                             logs.counted(self.supervisor.size, "worker"))
 
     def _sweep(self) -> None:
         self.swept = time.monotonic()
@@ -326,7 +353,7 @@ class Producer:
             self.fork.close()
         if self.sweeper is not None:
             self.sweeper.stop()
-        self.exposure.reload_watch.stop()
+        self.reload_watch.stop()
         if self.path.observer is not None:
             self.path.observer.close()
         if self.transport is not None:
@@ -391,7 +418,7 @@ class Producer:
             forget_setup_failures(self.ipc_dir)
             wanted = self.workers_on_reload() if self.workers_on_reload is not None else None
             self.supervisor.reload(wanted)
-            self.exposure.reload_watch.start()
+            self.reload_watch.start()
 
     def handle_ttin(self) -> None:
         if self.state in (State.STARTING, State.SERVING):
