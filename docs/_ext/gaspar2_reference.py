@@ -17,13 +17,19 @@ Directives:
     field list, and a signal or status without a description, or a description of one the
     code does not have, is a warning (an error under ``-W``).
 
-Every directive takes an optional field list of notes, ``:NAME: text``, added to the entry
+``.. gaspar2-benchmark-ratios:: PATH``
+    The ratios of the benchmark run whose ``results.json`` is at PATH (relative to the
+    page), with their goals and verdicts, so that the page shows what the run measured.
+
+Every other directive takes an optional field list of notes, ``:NAME: text``, added to the entry
 of that name; a note for a name the code does not have is a warning, so nothing can describe
 what is gone. The roles ``:setting:``, ``:metric:`` and ``:signal:`` link to the entries.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -41,6 +47,7 @@ from gaspar2_tables import (
     metric_definitions,
     metrics_rst,
     parsers,
+    ratios_rst,
     settings_rst,
     settings_table,
     table_rst,
@@ -143,6 +150,22 @@ class ExitStatusesDirective(Generated):
         return table_rst(("status", "meaning"), rows)
 
 
+class BenchmarkRatiosDirective(SphinxDirective):
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        _, path = self.env.relfn2path(self.arguments[0], self.env.docname)
+        self.env.note_dependency(path)
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+        text = StringList()
+        for line in ratios_rst(results):
+            text.append(line, os.path.basename(path))
+        container = nodes.container()
+        self.state.nested_parse(text, self.content_offset, container)
+        return list(container.children)
+
+
 def signal_target(name: str, rawtext: str, text: str, lineno: int, inliner: Any,
                   options: Any = None, content: Any = None) -> tuple[list[nodes.Node], list[Any]]:
     """``:signal-target:`SIGHUP```: the entry a ``:signal:`` reference lands on."""
@@ -165,4 +188,5 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("gaspar2-metrics", MetricsDirective)
     app.add_directive("gaspar2-signals", SignalsDirective)
     app.add_directive("gaspar2-exit-statuses", ExitStatusesDirective)
+    app.add_directive("gaspar2-benchmark-ratios", BenchmarkRatiosDirective)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}

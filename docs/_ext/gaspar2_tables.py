@@ -1,9 +1,10 @@
 """The reference tables that the code writes, as reStructuredText: every setting from
 ``gaspar2.settings``, the command line from ``gaspar2.cli``'s argument parser, every metric
 from ``gaspar2.producer.metrics``, the signals the producer handles and the exit statuses
-``gaspar2.loading`` names. Nothing here needs Sphinx: the directives of
-``gaspar2_reference`` call these functions at build time, and the tests call them to check
-that the reference names everything the code has.
+``gaspar2.loading`` names; and the ratios of a benchmark run, from its ``results.json``.
+Nothing here needs Sphinx: the directives of ``gaspar2_reference`` call these functions at
+build time, and the tests call them to check that the reference names everything the code
+has.
 """
 
 from __future__ import annotations
@@ -309,4 +310,32 @@ def table_rst(header: tuple[str, str], rows: list[tuple[str, str]]) -> Iterator[
         first, *rest = right.splitlines() or [""]
         yield "     - %s" % first
         yield from ("       " + line for line in rest)
+    yield ""
+
+
+def ratios_rst(results: dict[str, Any]) -> Iterator[str]:
+    """A benchmark run's ratios, each with its goal and verdict, as ``benchmarks/report.py``
+    judged them, under a line naming the run (machine, rounds, commit, date)."""
+    machine, run = results["machine"], results["settings"]
+    yield ("%d CPUs, %d workers, %d rounds of %g s points; commit ``%s``, %s."
+           % (machine["cpus"], run["workers"], run["rounds"], run["duration"],
+              machine["commit"], machine["date"][:10]))
+    yield ""
+    yield ".. list-table::"
+    yield "   :header-rows: 1"
+    yield "   :widths: 8 1 1 1"
+    yield ""
+    yield from ("   * - %s" % cell if i == 0 else "     - %s" % cell
+                for i, cell in enumerate(("ratio", "value", "goal", "verdict")))
+    for ratio in results["ratios"]:
+        unit, value = ratio.get("unit"), ratio["value"]
+        shown = ("n/a" if value is None else "%.1f %s" % (value, unit) if unit
+                 else "%.2f" % value)
+        sign = ("≥" if ratio["better"] == "higher" else "≤") if not ratio.get("strict") else (
+            ">" if ratio["better"] == "higher" else "<")
+        goal = ("%s better" % ratio["better"] if ratio["goal"] is None
+                else "%s %g%s" % (sign, ratio["goal"], " " + unit if unit else ""))
+        verdict = {None: "", True: "met", False: "**missed**"}[ratio["met"]]
+        for i, cell in enumerate((escape(ratio["name"]), shown, goal, verdict)):
+            yield ("   * - %s" if i == 0 else "     - %s") % cell
     yield ""

@@ -5,6 +5,7 @@ name nothing the code lacks. The Sphinx extension calls the same functions at bu
 (docs/_ext/gaspar2_tables.py), so what is checked here is what the site shows."""
 
 import argparse
+import json
 import logging
 import pathlib
 import re
@@ -142,3 +143,20 @@ def test_the_log_formats_page_says_what_logs_py_writes():
     assert "``%s``" % logs.TEXT_FORMAT in text
     for name in ("time", "level", "logger", "message", "pid", "traceback", *logs.ACCESS_FIELDS):
         assert "``%s``" % name in text, name
+
+
+def test_the_performance_page_shows_every_ratio_of_the_example_run_with_its_verdict():
+    results = json.loads((DOCS.parent / "benchmarks" / "results" / "example"
+                          / "results.json").read_text())
+    text = "\n".join(tables.ratios_rst(results))
+    assert results["machine"]["commit"] in text
+    rows = text.split("   * - ")[2:]          # past the caption and the header row
+    assert len(rows) == len(results["ratios"])
+    for row, ratio in zip(rows, results["ratios"], strict=True):
+        cells = [cell.strip() for cell in row.split("\n     - ")]
+        assert cells[0].replace("\\", "") == ratio["name"]
+        if ratio["value"] is not None and "unit" not in ratio:
+            assert cells[1] == "%.2f" % ratio["value"]
+        assert cells[3] == {None: "", True: "met", False: "**missed**"}[ratio["met"]]
+    assert ".. gaspar2-benchmark-ratios::" in (
+        DOCS / "explanation" / "performance.rst").read_text()
