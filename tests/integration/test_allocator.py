@@ -9,7 +9,10 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import random
+import subprocess
 import sys
+
+import pytest
 
 from gaspar2 import client
 from gaspar2.workers import process
@@ -47,9 +50,30 @@ def faults_per_request(server):
     return sum(faults(pid) - before[pid] for pid in pids) / REQUESTS
 
 
-def test_workers_of_a_served_producer_fault_few_pages(serve):
+# A neighbour on the machine that allocates and frees memory of every size, touching it:
+# the load under which glibc's moving thresholds sent some workers into faulting their
+# scratch in on every request.
+CHURN = """
+import random, time
+rng = random.Random(3)
+while True:
+    held = [bytearray(rng.randrange(64 << 10, 8 << 20)) for _ in range(8)]
+    for block in held:
+        block[::4096] = b"x" * len(block[::4096])
+    del held
+"""
+
+
+@pytest.mark.parametrize("neighbour", [False, True], ids=["quiet", "beside-a-churning-neighbour"])
+def test_workers_of_a_served_producer_fault_few_pages(serve, neighbour):
     server = serve("tests.handlers:scratch", "--workers", "2")
-    assert faults_per_request(server) < 100
+    churn = subprocess.Popen([sys.executable, "-c", CHURN]) if neighbour else None
+    try:
+        assert faults_per_request(server) < 100
+    finally:
+        if churn is not None:
+            churn.kill()
+            churn.wait()
 
 
 def test_workers_of_an_embedded_producer_fault_few_pages(tmp_path):
