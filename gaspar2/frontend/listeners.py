@@ -37,6 +37,9 @@ log = logging.getLogger("gaspar2")
 RESET_ON_CLOSE = struct.pack("ii", 1, 0)     # SO_LINGER on, 0 s: close() sends a RST
 FIN_ON_CLOSE = struct.pack("ii", 0, 0)       # SO_LINGER off: close() ends in order
 PEEK = DONTWAIT | socket.MSG_PEEK
+# A listening socket's accept queue, in struct tcp_info: tcpi_unacked, after 8 one-byte fields
+# and four 32-bit ones (what ``ss -l`` shows as Recv-Q).
+QUEUED, QUEUED_END = struct.Struct("I"), 28
 CREDENTIALS = struct.Struct("3i")                       # pid, uid, gid
 SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)    # Linux 4.13
 MAX_GROUPS = 1024
@@ -110,6 +113,19 @@ class Listener:
         # Called on each accepted socket: False when it closed it (an abstract socket's rule).
         self.admit: Callable[[Any], bool] | None = None
         self.owned = False          # opened here, not inherited (systemd, fd://)
+
+    def queued(self) -> int | None:
+        """How many connections the kernel has completed and not yet handed over: a TCP
+        listener's accept queue, from TCP_INFO; None where that cannot be told (a unix
+        socket). Accepting that many spares the accept that fails for want of one, whose
+        exception costs more than the accepts around it."""
+        if self.unix:
+            return None
+        try:
+            info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, QUEUED_END)
+        except OSError:
+            return None
+        return int(QUEUED.unpack_from(info, QUEUED_END - QUEUED.size)[0])
 
     def reader(self, max_size: int) -> Any:
         return HeldBackReader(max_size) if self.unix else frames.FrameReader(max_size)

@@ -179,8 +179,14 @@ class RequestPath:
             errors.log(logging.ERROR, "accept", "error accepting, going on", exc_info=True)
 
     def _accept(self, listener: Any, most: int) -> None:
+        """Accept up to ``most`` connections (all there are, if negative): as many as the
+        listener says are queued, or, where it cannot tell, until none is left."""
+        queued = listener.queued()
+        if queued is not None:          # at least one: it was readable, or it is stopping
+            most = max(queued, 1) if most < 0 else min(most, max(queued, 1))
         conns, fds = self.conns, self.fds
-        for _ in range(most):
+        while most != 0:
+            most -= 1
             if len(conns) >= self.max_connections or fds.open >= fds.limit - fds.reserve:
                 self._pause_accepting()     # the rest wait in the kernel's listen queue
                 if fds.short():
