@@ -241,8 +241,8 @@ class Dispatcher:
         now = self.clock()
         changed = False
         for seat in self.seats.values():
-            if seat.slot is None:
-                continue
+            if seat.slot is None or not (seat.held or seat.stuck_on is not None):
+                continue        # remote, or holds nothing to take back or to free
             _, _, running, since, slow_after, beat = self.progress.read(seat.slot)
             if seat.stuck_on is not None:
                 if running != seat.stuck_on if seat.stuck_on else beat > seat.stuck_since:

@@ -71,6 +71,7 @@ JOIN_RETRY = 0.1            # a worker that could not be connected for want of f
 TRIM_AFTER = 64 * 2**20     # hand freed memory back to the system past this much
 TRIM_EVERY = 0.05           # and past the buffer limit, this often at most
 PRESSURE_LOG_EVERY = 30.0   # the buffer limit reached: one line this often at most
+REPLY_HEAD, REPLY_KIND = wire.HEADS[wire.REPLY], wire.REPLY[0]
 CLIENT_CAUSED = frozenset({"bad_frame", "timeout", "client_gone"})     # outcomes: throttled
 
 
@@ -484,26 +485,40 @@ class RequestPath:
         assert self.transport is not None
         if sock is not self.transport.sink:
             return self._drain_remote(most)
+        token = self.local_token
         while most != 0:
             try:
                 frame = sock.recv(wire.NOBLOCK, copy=False)
             except zmq.Again:
                 return True
-            frames = wire.with_rest(sock, frame) if frame.more else [frame]
             most -= 1
+            view = frame.buffer
             try:
-                message = wire.decode(frames)
-            except wire.BadMessage as exc:
-                self.drops.count("malformed", "local sink: %s" % exc)
-            else:
-                try:
-                    self._act_on(message, True, None)
-                except Exception:
-                    errors.log(logging.ERROR, "message", "error acting on a %r message, "
-                               "going on", message.kind, exc_info=True)
+                if (not frame.more and len(view) >= REPLY_HEAD.size     # a REPLY, read as
+                        and view[0] == REPLY_KIND):                  # wire.decode reads it
+                    _, worker_id, sent_token, request_id = REPLY_HEAD.unpack_from(view)
+                    if sent_token == token and worker_id < wire.REMOTE_ID_MIN:
+                        self._answer(wire.REPLY, worker_id, request_id, view[REPLY_HEAD.size:])
+                    else:
+                        self._forged(wire.REPLY, worker_id)
+                else:
+                    self._decode_local(sock, frame)
+            except Exception:
+                errors.log(logging.ERROR, "message", "error acting on a worker's message, "
+                           "going on", exc_info=True)
             if not int(wire.EVENTS_OF(sock, wire.EVENTS)) & wire.POLLIN:
                 return True
         return False
+
+    def _decode_local(self, sock: zmq.SyncSocket, frame: zmq.Frame) -> None:
+        """Any message on the local sink but a one-frame REPLY."""
+        frames = wire.with_rest(sock, frame) if frame.more else [frame]
+        try:
+            message = wire.decode(frames)
+        except wire.BadMessage as exc:
+            self.drops.count("malformed", "local sink: %s" % exc)
+        else:
+            self._act_on(message, True, None)
 
     def _drain_remote(self, most: int) -> bool:
         """``_drain`` for the remote sink: each message is bounded as a whole while it is
@@ -545,10 +560,14 @@ class RequestPath:
         elif not (message.token == self.local_token and message.worker_id < wire.REMOTE_ID_MIN
                   if local else self.remote is not None
                   and self.remote.authentic(message, user_id, self.loop.now())):
-            self.drops.count("sender", "a %r naming worker %x, with a token or key not its "
-                             "own" % (kind, message.worker_id))
+            self._forged(kind, message.worker_id)
         elif kind != wire.HEARTBEAT:
-            self._answer(message)
+            assert message.body is not None     # a BODIED kind (wire.decode)
+            self._answer(kind, message.worker_id, message.field, message.body)
+
+    def _forged(self, kind: bytes, worker_id: int) -> None:
+        self.drops.count("sender", "a %r naming worker %x, with a token or key not its own"
+                         % (kind, worker_id))
 
     def _hello(self, message: wire.Message, local: bool, user_id: str | None) -> None:
         if local and message.token == self.local_token and len(message.frames) == 1:
@@ -558,13 +577,13 @@ class RequestPath:
         else:
             self.drops.count("sender", "a HELLO naming worker %x" % message.worker_id)
 
-    def _answer(self, message: wire.Message) -> None:
-        """A REPLY or an ERROR, from a genuine sender: act on it if that sender holds it."""
-        worker_id, request_id = message.worker_id, message.field
+    def _answer(self, kind: bytes, worker_id: int, request_id: int, body: memoryview) -> None:
+        """A REPLY, SHARED_REPLY or ERROR from a genuine sender: act on it if that sender
+        holds the request."""
         conn = self.dispatcher.take(worker_id, request_id)
         if conn is None:
             self.drops.count("not_held", "a %r from worker %x for request %d, which it does "
-                             "not hold" % (message.kind, worker_id, request_id))
+                             "not hold" % (kind, worker_id, request_id))
             return
         if conn.region is not None:
             conn.region.drop_worker()
@@ -573,13 +592,11 @@ class RequestPath:
                      request_id, conn)
             return
         conn.served_by = worker_id
-        body = message.body
-        assert body is not None            # a BODIED kind (wire.decode)
-        kind = message.kind
         if kind == wire.SHARED_REPLY:
-            body = self._shared_reply(conn, body)
-            if body is None:
+            shared = self._shared_reply(conn, body)
+            if shared is None:
                 return
+            body = shared
         if kind == wire.ERROR:
             text = bytes(body).decode("utf-8", "replace")
             self.fail(conn, "handler_error", "handler failed in %s", text)

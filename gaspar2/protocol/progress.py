@@ -14,7 +14,11 @@ on and reads the last sequence number claimed. A request sent after that number 
 started and never will be; one at or before it was. Either the worker claims first or the
 producer revokes first, never both. The semaphore is a POSIX one in the shared map
 (``sem_init`` with pshared); the producer only ever tries it (``sem_trywait``), so its loop
-never blocks on a worker.
+never blocks on a worker. It is made with ctypes, once per slot, and waited on and posted
+through the standard library's own wrapper of a POSIX semaphore (``_multiprocessing``'s
+``SemLock``, given its address): a ctypes call runs through libffi, whose code costs several
+microseconds to bring back into a cache gone cold while the worker slept, and the claim is
+on every request's path.
 
 Where a worker is, also without its help: each local worker, at start, has faulthandler
 write every thread's Python stack to a named pipe of its own on ``DUMP_SIGNAL``
@@ -25,14 +29,15 @@ C code that holds the GIL (a backtracking regex), which no thread of the worker 
 
 from __future__ import annotations
 
+import _multiprocessing  # type: ignore[import-not-found]  # no stubs: see Semaphore
 import ctypes
-import errno
 import faulthandler
 import mmap
 import os
 import signal
 import struct
 import time
+from typing import Protocol
 
 MAX_WORKERS = 512
 SEM_SIZE = 32                   # sizeof(sem_t) on Linux, 32- and 64-bit
@@ -45,16 +50,29 @@ TIMES = struct.Struct("ddd")      # since, slow after, beat: adjacent, written a
 NOT_RUNNING = U64.pack(0)
 DUMP_SIGNAL = signal.SIGUSR2    # asks a local worker for its stack (see offer_stack)
 
+SEMAPHORE = 1                   # _multiprocessing's kind for a plain semaphore
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.sem_init.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint]
-for _name in ("sem_wait", "sem_trywait", "sem_post"):
-    getattr(_libc, _name).argtypes = [ctypes.c_void_p]
+
+
+class Semaphore(Protocol):
+    """What the table uses of ``_multiprocessing.SemLock``."""
+
+    def acquire(self, block: bool = True) -> bool: ...
+
+    def release(self) -> None: ...
 
 
 class ProgressTable:
     def __init__(self, slots: int = MAX_WORKERS, slow_after: float = 0.005):
         self.map = mmap.mmap(-1, slots * SLOT_SIZE)
-        self.base = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        base = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        # Each slot's semaphore, wrapped where it lies in the map (initialised by allocate);
+        # a lock released more often than taken raises ValueError.
+        rebuild = _multiprocessing.SemLock._rebuild
+        self.locks: list[Semaphore] = [rebuild(base + slot * SLOT_SIZE, SEMAPHORE, 1, None)
+                                       for slot in range(slots)]
         self.free = list(range(slots - 1, -1, -1))
         self.slow_after = slow_after    # until a worker says what is slow for it
 
@@ -65,7 +83,8 @@ class ProgressTable:
         slot = self.free.pop()
         now = time.monotonic()
         self._put(slot, EPOCH, FIELDS.pack(0, 0, 0, now, self.slow_after, now))
-        if _libc.sem_init(self._sem(slot), 1, 1) != 0:
+        if _libc.sem_init(ctypes.addressof(ctypes.c_char.from_buffer(self.map, slot * SLOT_SIZE)),
+                          1, 1) != 0:
             raise OSError(ctypes.get_errno(), "sem_init failed")
         return slot
 
@@ -92,25 +111,23 @@ class ProgressTable:
     def revoke(self, slot: int) -> int | None:
         """Move the epoch on; the last sequence number the worker claimed, or None if the
         worker holds the semaphore this instant (try again later)."""
-        sem = self._sem(slot)
-        if _libc.sem_trywait(sem) != 0:
+        lock = self.locks[slot]
+        if not lock.acquire(False):
             return None
         try:
             epoch, claimed = struct.unpack_from("QQ", self.map, slot * SLOT_SIZE + EPOCH)
             self._put(slot, EPOCH, U64.pack(epoch + 1))
             return int(claimed)
         finally:
-            _libc.sem_post(sem)
+            lock.release()
 
     # -- the worker's side -----------------------------------------------------------------
 
     def claim(self, slot: int, epoch: int, seq: int, request_id: int, now: float) -> bool:
         """Start ``request_id`` unless the producer took it back (its epoch has passed)."""
         base = slot * SLOT_SIZE        # the slot's fields written in place: see _put
-        sem = self.base + base
-        while _libc.sem_wait(sem) != 0:
-            if ctypes.get_errno() != errno.EINTR:
-                raise OSError(ctypes.get_errno(), "sem_wait failed")
+        lock = self.locks[slot]
+        lock.acquire()                 # waits out an interrupted wait, as sem_wait's callers do
         try:
             if U64.unpack_from(self.map, base + EPOCH)[0] != epoch:
                 return False
@@ -118,7 +135,7 @@ class ProgressTable:
             self.map[base + CLAIMED:base + CLAIMED + CLAIM.size] = CLAIM.pack(seq, request_id)
             return True
         finally:
-            _libc.sem_post(sem)
+            lock.release()
 
     def done(self, slot: int, slow_after: float, now: float) -> None:
         """The request is answered: idle since ``now``; slow is past ``slow_after`` s."""
@@ -135,9 +152,6 @@ class ProgressTable:
         and another process reading at that moment would see zeros."""
         offset = slot * SLOT_SIZE + field
         self.map[offset:offset + len(data)] = data
-
-    def _sem(self, slot: int) -> int:
-        return self.base + slot * SLOT_SIZE
 
 
 # -- where a worker is: its Python stack, on request ------------------------------------------

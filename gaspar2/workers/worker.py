@@ -149,29 +149,25 @@ class Worker:
         return wire.encode_head(kind, self.id, self.token, field)
 
     def _serve(self) -> None:
-        self.pull.rcvtimeo = PARENT_CHECK_MS      # an idle worker's wait, see _next_job
+        """Run each request this worker can claim, waiting for more while it has none, until
+        it is time to exit. A request the producer took back meanwhile is skipped: another
+        worker runs it."""
+        self.pull.rcvtimeo = PARENT_CHECK_MS      # an idle worker's wait, see _wait
+        queue, slot, progress = self.queue, self.slot, self.progress
         try:
             while True:
-                job = self._next_job()
-                if job is None:
-                    return
-                self._run(*job)
+                while not queue:
+                    if self.stopping or self.orphaned:
+                        return
+                    self.wait()
+                epoch, seq, request_id, payload, shared = queue.popleft()
+                now = time.monotonic()
+                if progress.claim(slot, epoch, seq, request_id, now):
+                    self._run(request_id, payload, shared, now)
+                else:
+                    progress.beat(slot, now)
         except StopNow:
             return
-
-    def _next_job(self) -> tuple[int, memoryview, bool, float] | None:
-        """Claim the next request, waiting for one; None when it is time to exit. A request
-        the producer took back meanwhile is skipped: another worker runs it."""
-        while True:
-            while not self.queue:
-                if self.stopping or self.orphaned:
-                    return None
-                self.wait()
-            epoch, seq, request_id, payload, shared = self.queue.popleft()
-            now = time.monotonic()
-            if self.progress.claim(self.slot, epoch, seq, request_id, now):
-                return request_id, payload, shared, now
-            self.progress.beat(self.slot, now)
 
     def _wait(self) -> None:
         """Wait up to PARENT_CHECK_MS for requests; a TERM may end the wait (StopNow)."""
