@@ -604,13 +604,13 @@ class RequestPath:
             self.fail(conn, "handler_error", "a reply of %d bytes from worker %x, over "
                       "max_reply_size %d", len(body), worker_id, self.max_reply_size)
         else:
-            budget, size = self.budget, len(body)   # plan for replies this large for a while
+            conn.size_out = size = len(body)
+            conn.payload = None             # the worker is done with it
+            self._write(conn, body)         # charged to the budget only if it must wait
+            budget = self.budget            # plan for replies this large for a while
             budget.expected = max(size, budget.expected - (budget.expected >> 3))
             by_class, size_class = budget.by_class, conn.size_in.bit_length()
             by_class[size_class] = max(size, by_class[size_class] - (by_class[size_class] >> 3))
-            conn.size_out = len(body)
-            conn.payload = None             # the worker is done with it
-            self._write(conn, body)         # charged to the budget only if it must wait
 
     def _shared_reply(self, conn: Connection, size: memoryview) -> memoryview | None:
         """The reply a local worker wrote over the request's body in the arena."""

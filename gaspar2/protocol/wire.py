@@ -200,6 +200,7 @@ BATCH_FIELDS = Layouts("!{0}Q{0}I")     # ids, lengths
 FIXED = BATCH_FIXED.size
 ONE_HEAD = BATCH_HEAD[1]                # a batch of one: its head ...
 ONE_SIZE = ONE_HEAD.size + FIXED        # ... and its end, around the payload
+FRAME = zmq.Frame
 PER_REQUEST = 12                        # bytes of a request's id and length in the head
 SHARED_BIT = 1 << 63               # set in a batch's id: its frame is a body's place in the arena
 Batch = list[tuple[int, int, int, memoryview, bool]]
@@ -225,14 +226,16 @@ def decode_batch(frames: Frames) -> Batch:
     if len(frames) != 1:
         raise BadMessage("a batch in %d frames" % len(frames))
     frame = frames[0]
-    view = frame.buffer if isinstance(frame, zmq.Frame) else memoryview(frame)
+    view = frame.buffer if isinstance(frame, FRAME) else memoryview(frame)
     size = len(view)
     if size >= ONE_SIZE:        # one request, the common case: its whole head in one read
         kind, epoch, seq, count, rid, length = ONE_HEAD.unpack_from(view)
         if (count == 1 and kind == BATCH and size == ONE_SIZE + length
                 and view[:FIXED] == view[size - FIXED:]):
-            return [(epoch, seq, rid & ~SHARED_BIT, view[ONE_HEAD.size:size - FIXED],
-                     rid >= SHARED_BIT)]
+            body = view[ONE_HEAD.size:size - FIXED]
+            if rid < SHARED_BIT:
+                return [(epoch, seq, rid, body, False)]
+            return [(epoch, seq, rid - SHARED_BIT, body, True)]
     fixed = BATCH_FIXED.size
     if len(view) < 2 * fixed or view[0] != BATCH[0]:
         raise BadMessage("not a batch: %r" % bytes(view[:fixed]))
