@@ -94,25 +94,33 @@ def test_python_api_under_gevent(tmp_path):
     assert done.stdout == b"api ok\n"
 
 
-def test_a_stop_serves_the_connections_already_in_the_listen_queue(tmp_path):
+@pytest.mark.parametrize("kind", ["unix", "inherited-tcp"])
+def test_a_stop_serves_the_connections_already_in_the_listen_queue(tmp_path, kind):
     """Clients whose connections the kernel completed before the stop, and who sent their
     requests, are answered: the producer takes them in before it closes its listeners.
     The producer's thread makes them and stops without a wait in between, so the listener's
-    watcher never sees them; a unix socket, where no handshake is waited for."""
-    path = tmp_path / "g.sock"
+    watcher never sees them; on listeners whose stop waits for no handshake: a unix socket,
+    and a TCP socket the producer was given (fd://), which it leaves as given."""
     script = tmp_path / "queued.py"
     script.write_text(textwrap.dedent("""
-        import socket, struct, gaspar2
+        import socket, struct, sys, gaspar2
         from tests.handlers import echo
 
-        producer = gaspar2.Producer(gaspar2.Consumer(handler=echo), processes=1,
-                                    bind=["unix:%s"])
+        if sys.argv[1] == "unix":
+            family, address = socket.AF_UNIX, sys.argv[2]
+            bind = "unix:" + address
+        else:
+            given = socket.socket()
+            given.bind(("127.0.0.1", 0))
+            family, address = socket.AF_INET, given.getsockname()
+            bind = "fd://%d" % given.fileno()
+        producer = gaspar2.Producer(gaspar2.Consumer(handler=echo), processes=1, bind=[bind])
         producer.start(blocking=False)
         queued = []
         for i in range(5):
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect("%s")
-            body = b"queued %%d" %% i
+            sock = socket.socket(family)
+            sock.connect(address)
+            body = b"queued %d" % i
             sock.sendall(struct.pack("!I", len(body)) + body)
             queued.append(sock)
         producer.stop()
@@ -120,11 +128,12 @@ def test_a_stop_serves_the_connections_already_in_the_listen_queue(tmp_path):
             chunks = []
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
-            assert b"".join(chunks) == b"queued %%d" %% i, b"".join(chunks)
+            assert b"".join(chunks) == b"queued %d" % i, b"".join(chunks)
         print("all answered")
-    """ % (path, path)))
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, cwd=ROOT,
-                          timeout=60, env=dict(os.environ, PYTHONPATH=ROOT))
+    """))
+    done = subprocess.run([sys.executable, str(script), kind, str(tmp_path / "g.sock")],
+                          capture_output=True, cwd=ROOT, timeout=60,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
     assert done.returncode == 0, done.stderr.decode()
     assert done.stdout == b"all answered\n"
 
