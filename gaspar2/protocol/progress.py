@@ -67,11 +67,11 @@ class Semaphore(Protocol):
 class ProgressTable:
     def __init__(self, slots: int = MAX_WORKERS, slow_after: float = 0.005):
         self.map = mmap.mmap(-1, slots * SLOT_SIZE)
-        base = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
+        self.base = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
         # Each slot's semaphore, wrapped where it lies in the map (initialised by allocate);
         # a lock released more often than taken raises ValueError.
         rebuild = _multiprocessing.SemLock._rebuild
-        self.locks: list[Semaphore] = [rebuild(base + slot * SLOT_SIZE, SEMAPHORE, 1, None)
+        self.locks: list[Semaphore] = [rebuild(self.base + slot * SLOT_SIZE, SEMAPHORE, 1, None)
                                        for slot in range(slots)]
         self.free = list(range(slots - 1, -1, -1))
         self.slow_after = slow_after    # until a worker says what is slow for it
@@ -83,8 +83,7 @@ class ProgressTable:
         slot = self.free.pop()
         now = time.monotonic()
         self._put(slot, EPOCH, FIELDS.pack(0, 0, 0, now, self.slow_after, now))
-        if _libc.sem_init(ctypes.addressof(ctypes.c_char.from_buffer(self.map, slot * SLOT_SIZE)),
-                          1, 1) != 0:
+        if _libc.sem_init(self.base + slot * SLOT_SIZE, 1, 1) != 0:
             raise OSError(ctypes.get_errno(), "sem_init failed")
         return slot
 

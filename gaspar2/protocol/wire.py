@@ -197,7 +197,7 @@ BATCH = b"B"
 BATCH_HEAD = Layouts("!cQQI{0}Q{0}I")   # kind, epoch, seq, count, ids, lengths
 BATCH_FIXED = struct.Struct("!cQQI")    # kind, epoch, the first request's seq, count
 BATCH_FIELDS = Layouts("!{0}Q{0}I")     # ids, lengths
-FIXED = BATCH_FIXED.size
+FIXED, BATCH_KIND = BATCH_FIXED.size, BATCH[0]
 ONE_HEAD = BATCH_HEAD[1]                # a batch of one: its head ...
 ONE_SIZE = ONE_HEAD.size + FIXED        # ... and its end, around the payload
 FRAME = zmq.Frame
@@ -216,7 +216,7 @@ def encode_batch(ids: list[int], payloads: Sequence[Data], epoch: int = 0,
                  seq: int = 0) -> bytes:
     count = len(ids)
     head = BATCH_HEAD[count].pack(BATCH, epoch, seq, count, *ids, *map(len, payloads))
-    return b"".join([head, *payloads, head[:BATCH_FIXED.size]])
+    return b"".join([head, *payloads, head[:FIXED]])
 
 
 def decode_batch(frames: Frames) -> Batch:
@@ -236,17 +236,16 @@ def decode_batch(frames: Frames) -> Batch:
             if rid < SHARED_BIT:
                 return [(epoch, seq, rid, body, False)]
             return [(epoch, seq, rid - SHARED_BIT, body, True)]
-    fixed = BATCH_FIXED.size
-    if len(view) < 2 * fixed or view[0] != BATCH[0]:
-        raise BadMessage("not a batch: %r" % bytes(view[:fixed]))
+    if size < 2 * FIXED or view[0] != BATCH_KIND:
+        raise BadMessage("not a batch: %r" % bytes(view[:FIXED]))
     _, epoch, seq, count = BATCH_FIXED.unpack_from(view)
-    at = fixed + PER_REQUEST * count
-    if at + fixed > len(view):
-        raise BadMessage("a batch of %d requests in %d bytes" % (count, len(view)))
-    fields = BATCH_FIELDS[count].unpack_from(view, fixed)
-    if at + sum(fields[count:]) + fixed != len(view):
+    at = FIXED + PER_REQUEST * count
+    if at + FIXED > size:
+        raise BadMessage("a batch of %d requests in %d bytes" % (count, size))
+    fields = BATCH_FIELDS[count].unpack_from(view, FIXED)
+    if at + sum(fields[count:]) + FIXED != size:
         raise BadMessage("a batch whose lengths do not add up to its size")
-    if view[:fixed] != view[-fixed:]:
+    if view[:FIXED] != view[-FIXED:]:
         raise BadMessage("a batch whose end does not repeat its start")
     batch = []
     for i in range(count):
