@@ -156,8 +156,13 @@ class Server:
         """Ask the producer for its counters (SIGUSR2) and parse the line it logs."""
         before = self.log().count("status:")
         self.signal(signal.SIGUSR2)
-        wait_for(lambda: self.log().count("status:") > before, message="a status line")
-        line = self.log().split("status:")[-1].splitlines()[0]
+
+        def whole_line():       # the log may be read while the line is half written
+            log = self.log()
+            rest = log.split("status:")[-1]
+            return log.count("status:") > before and "\n" in rest and rest.split("\n", 1)[0]
+
+        line = wait_for(whole_line, message="a status line")
         return {k: int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", line)}
 
     def memory(self, field="VmRSS"):
