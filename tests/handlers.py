@@ -240,3 +240,32 @@ def upload_or_echo(message):
         return message
     time.sleep(0.1)
     return b"%d:%d" % (len(message), message[-1])
+
+
+def forge_on_the_sink(message):
+    """``forge``: before answering, send the producer, on this worker's own reply socket,
+    what no honest worker sends: REPLYs with a wrong token or naming a remote worker's id,
+    for the request ids around, a REPLY in two frames, heads cut short and random bytes;
+    then answer ``forged``. Anything else is echoed."""
+    if message != b"forge":
+        return message
+    import gc
+    import random
+
+    from gaspar2.protocol import wire
+    from gaspar2.workers.worker import Worker
+
+    worker = next(o for o in gc.get_objects() if isinstance(o, Worker))
+    rng = random.Random(7)
+    for request_id in range(1, 200):
+        worker.push.send(wire.encode_head(wire.REPLY, worker.id, worker.token ^ 1, request_id)
+                         + b"forged by token")
+        worker.push.send(wire.encode_head(wire.REPLY, wire.REMOTE_ID_MIN + worker.id,
+                                          worker.token, request_id) + b"forged by id")
+    worker.push.send_multipart([wire.encode_head(wire.REPLY, worker.id, worker.token ^ 1, 1),
+                                b"two frames"])
+    for size in range(1, wire.HEADS[wire.REPLY].size):
+        worker.push.send(wire.encode_head(wire.REPLY, worker.id, worker.token, 1)[:size])
+    for _ in range(100):
+        worker.push.send(rng.randbytes(rng.randint(0, 40)))
+    return b"forged"

@@ -134,6 +134,27 @@ def test_forged_replies_reach_no_client(serve, attacker):
                            lambda rng: rng.choice([0, 1, rng.getrandbits(64)]))
 
 
+def test_forgeries_on_the_local_sink_are_dropped_and_replies_stay_their_own(serve):
+    """A handler that sends, on its worker's own socket to the producer, REPLYs with a wrong
+    token or naming a remote worker, a REPLY in two frames, cut heads and random bytes: each
+    is dropped and counted, no client gets a reply not its own, the loop logs no error."""
+    server = serve("tests.handlers:forge_on_the_sink", "--workers", "2")
+
+    def one(n):
+        body = b"forge" if n % 10 == 0 else b"echo %d" % n
+        return body, client.request(server.url, body, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        replies = list(pool.map(one, range(200)))
+    for body, reply in replies:
+        assert reply == (b"forged" if body == b"forge" else body)
+    forged_per_call = 2 * 199 + 1 + wire.HEADS[wire.REPLY].size - 1
+    wait_for(lambda: server.status()["dropped"] >= 20 * forged_per_call,
+             message="every forgery dropped")
+    assert "error acting" not in server.log() and "Traceback" not in server.log()
+    assert client.request(server.url, b"after", timeout=30) == b"after"
+
+
 def test_forged_givebacks_neither_wedge_workers_nor_run_requests_twice(serve, attacker, tmp_path):
     server, endpoint = serve_plain_remote(serve)
     push = attacker(endpoint)
