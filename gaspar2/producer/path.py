@@ -186,7 +186,8 @@ class RequestPath:
         listener says are queued, or, where it cannot tell, until none is left."""
         queued = listener.queued()
         if queued is not None:          # at least one: it was readable, or it is stopping
-            most = max(queued, 1) if most < 0 else min(most, max(queued, 1))
+            queued = max(queued, 1)
+            most = queued if most < 0 else min(most, queued)
         conns, fds = self.conns, self.fds
         while most != 0:
             most -= 1
