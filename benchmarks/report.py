@@ -102,24 +102,24 @@ FAULTS_GOAL = 100          # gaspar2's workers' page faults per request stay bel
 
 
 def server_rank(server):
-    """Where a server's rows go: the known ones in order, gaspar2@REV right after gaspar2."""
-    if server in SERVER_ORDER:
-        return (SERVER_ORDER.index(server), "")
-    if server.startswith("gaspar2@"):
-        return (SERVER_ORDER.index("gaspar2"), server)
+    """Where a server's rows go: the known ones in order, SERVER@REV right after SERVER."""
+    base = server.split("@")[0]
+    if base in SERVER_ORDER:
+        return (SERVER_ORDER.index(base), server)
     return (len(SERVER_ORDER), server)
 
 
 def revision_lines(points):
-    """gaspar2 against each gaspar2@REV, workload by workload: req/s, and p99 where it
-    measures latency."""
+    """Each server against itself at each REV (gaspar2 / gaspar2@REV, gaspar2-exec-c /
+    gaspar2-exec-c@REV), workload by workload: req/s, and p99 where it measures latency."""
     rows = {(p["workload"], p["server"]): p for p in points if "error" not in p}
     lines = []
     for (workload, server), at in rows.items():
-        now = rows.get((workload, "gaspar2"))
+        base = server.split("@")[0]
+        now = rows.get((workload, base))
         if "@" not in server or now is None:
             continue
-        text = "%-16s gaspar2 / %s: req/s %.3f" % (workload, server, now["rps"] / at["rps"])
+        text = "%-16s %s / %s: req/s %.3f" % (workload, base, server, now["rps"] / at["rps"])
         if at.get("p99_ms"):
             text += ", p50 %.3f, p99 %.3f" % (now["p50_ms"] / at["p50_ms"],
                                               now["p99_ms"] / at["p99_ms"])

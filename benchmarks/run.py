@@ -217,20 +217,22 @@ def export_revision(rev):
 
 
 def add_revisions(points, revisions):
-    """Servers ``gaspar2@REV`` beside gaspar2, for the workloads whose handler REV has (a
-    handler outside gaspar2.examples, such as the thumbnail one, any REV has)."""
+    """Servers ``gaspar2@REV`` beside gaspar2 (and ``gaspar2-exec-c@REV`` beside
+    gaspar2-exec-c), for the workloads whose handler REV has (a handler outside
+    gaspar2.examples, such as the thumbnail one, any REV has)."""
     extra = []
     for rev in revisions:
         where = export_revision(rev)
         with open(os.path.join(where, "gaspar2", "examples.py")) as f:
             examples = f.read()
-        name = "gaspar2@" + rev
-        extra.append((name, where))
-        for w in points:
-            module, _, attr = w.handler.partition(":")
-            if "gaspar2" in w.servers and (module != "gaspar2.examples"
-                                           or "def %s(" % attr in examples):
-                w.servers = (*w.servers, name)
+        for server in ("gaspar2", *EXEC):
+            name = "%s@%s" % (server, rev)
+            extra.append((name, where))
+            for w in points:
+                module, _, attr = w.handler.partition(":")
+                if server in w.servers and (module != "gaspar2.examples"
+                                            or "def %s(" % attr in examples):
+                    w.servers = (*w.servers, name)
     return dict(extra)
 
 
@@ -478,8 +480,9 @@ def parse_args():
                         help="glob patterns, e.g. 'gaspar2/*', '*/echo-*', 'gevent-inline' "
                              "(repeatable)")
     parser.add_argument("--also-at", action="append", default=[], metavar="REV",
-                        help="also run gaspar2 as of this git revision, as server gaspar2@REV, "
-                             "beside the current code: an A/B on the same machine (repeatable)")
+                        help="also run gaspar2 as of this git revision, as servers gaspar2@REV "
+                             "and gaspar2-exec-c@REV, beside the current code: an A/B on the "
+                             "same machine (repeatable)")
     parser.add_argument("--list", action="store_true",
                         help="list the workloads and servers, then exit")
     parser.add_argument("--out", default=os.path.join(HERE, "results"))
