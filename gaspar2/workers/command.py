@@ -22,9 +22,15 @@ replace the worker, and the child with it.
 
 The worker waits on the child's three pipes at once, so a child that writes its standard
 error while it reads its request, or answers while the request is still being written,
-never deadlocks it. Standard error is logged a line at a time, tagged with the worker, at
-most ``LINES_PER_SECOND`` lines a second; more are counted, not logged, so a child flooding
-it costs its worker a read per 64 KiB.
+never deadlocks it. A worker that had to wait for the request it runs (a quiet machine)
+first waits for the answer awake, yielding its CPU between looks, for at most 100 us: a
+sleeping process's wake-up costs about as much as a quick program's whole answer. A yield
+that runs something else, or an answer that takes longer, ends that and spaces out the
+next tries (``AwakeWaits``); with requests queued it sleeps at once.
+
+Standard error is logged a line at a time, tagged with the worker, at most
+``LINES_PER_SECOND`` lines a second; more are counted, not logged, so a child flooding it
+costs its worker a read per 64 KiB.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import zmq
 from gevent.monkey import get_original
 
 from ..consumer import Consumer
-from ..protocol.wire import EVENTS, EVENTS_OF, HEADER
+from ..protocol.wire import HEADER
 from .process import Backoff
 
 log = logging.getLogger("gaspar2.program")
@@ -65,6 +71,15 @@ PIPE_SIZE = 1 << 20         # asked of the kernel for the request and answer pip
 FIRST_GROWTH = 65536        # an answer's buffer grows by at least this much, at most doubling
 PR_SET_PDEATHSIG = 1
 IDLE_FLAGS = int(zmq.POLLIN)
+# A sleeping worker's wake-up costs more than a quick program's whole answer (about 20 us
+# on a virtual machine whose idle CPUs halt), so the worker first waits awake: see
+# Child._look_awake.
+AWAKE_FOR = 100e-6          # seconds a worker looks for an answer before it sleeps
+CROWDED = 15e-6             # a yield that took longer ran something else
+CROWDED_SKIP = 64           # requests that sleep at once after misses, at most
+YIELD = os.sched_yield
+# pyzmq's own receive, under the Python-level wrapper (socket, flags, copy).
+RECV: Callable[[zmq.SyncSocket, int, bool], zmq.Frame] = zmq.backend.Socket.recv  # type: ignore[assignment]
 
 # The worker blocks for real, even in a process that gevent's monkey patching changed.
 POLL, SLEEP = get_original("select", "poll"), get_original("time", "sleep")
@@ -266,6 +281,29 @@ def tie_to(parent: int) -> None:
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
+class AwakeWaits:
+    """When a worker may wait for its child's answer awake (``Child._look_awake``): after a
+    wait that missed (the CPU was wanted, or the answer was slow), the next 1, 2, 4 ... up
+    to ``CROWDED_SKIP`` requests sleep at once, so a busy machine or a slow program pays
+    for one look in that many; an answer caught awake starts the count over."""
+
+    def __init__(self) -> None:
+        self.asleep = 0         # requests left that sleep at once
+        self.after_miss = 1     # how many the next miss sends to sleep
+
+    def allowed(self) -> bool:
+        if self.asleep:
+            self.asleep -= 1
+            return False
+        return True
+
+    def missed(self) -> None:
+        self.asleep, self.after_miss = self.after_miss, min(2 * self.after_miss, CROWDED_SKIP)
+
+    def caught(self) -> None:
+        self.after_miss = 1
+
+
 class Stale(Exception):
     """The child no longer read its stdin when the request was written: it broke while
     idle, and the request can go to its successor."""
@@ -300,13 +338,17 @@ class Child:
         self.poller = POLL()
         for fd in (self.stdout, self.stderr):
             self.poller.register(fd, POLLIN)
+        self.idle_poller: Any = None    # see watch_idle
+        self.awake_for, self.crowded_yield = AWAKE_FOR, CROWDED    # see _look_awake
+        self.awake_waits = AwakeWaits()
 
-    def exchange(self, message: bytes | memoryview,
-                 limit: int | None) -> tuple[int, bytes | bytearray]:
-        """Write one request, read its answer: (kind, body). ProgramError (broken) when the
-        child broke, reaped by then; Stale when it had broken before the request went."""
+    def exchange(self, message: bytes | memoryview, limit: int | None,
+                 awake: bool = True) -> tuple[int, bytes | bytearray]:
+        """Write one request, read its answer: (kind, body). ``awake``: the answer may be
+        waited for awake (see ``_look_awake``). ProgramError (broken) when the child broke,
+        reaped by then; Stale when it had broken before the request went."""
         try:
-            return self._exchange(memoryview(message).cast("B"), limit)
+            return self._exchange(memoryview(message).cast("B"), limit, awake)
         except BadAnswer as exc:
             self.kill()
             self.reap()
@@ -319,20 +361,32 @@ class Child:
             self.finish()
             raise ProgramError(self.end("closed its standard output"), broken=True) from None
 
-    def _exchange(self, view: memoryview, limit: int | None) -> tuple[int, bytes | bytearray]:
+    def _exchange(self, view: memoryview, limit: int | None,
+                  awake: bool) -> tuple[int, bytes | bytearray]:
         """Write the request at once (the pipe is empty between requests, so a request
-        that fits it goes in one call), then wait on stdout and stderr, and on stdin only
-        for the rest of a request larger than the pipe. A pipe nobody reads any more means
-        the child broke while idle (``Stale``)."""
+        that fits it goes in one call), then wait on stdout (awake at first: see
+        ``_look_awake``) and stderr, and on stdin only for the rest of a request larger
+        than the pipe. A pipe nobody reads any more means the child broke while idle
+        (``Stale``)."""
         pending = [memoryview(HEADER.pack(len(view))), view]
         try:
             self._write(pending)
         except BrokenPipeError:
             raise Stale from None
+        reader: AnswerReader | None = None
+        if awake and not pending:
+            answer = self._look_awake(limit)
+            if answer is not None:
+                self.answered += 1
+                return answer
+            if self.early:          # a part of the answer, or what is not one
+                reader = AnswerReader(limit)
+                if self._read_answer(reader, False):
+                    self.answered += 1
+                    return reader.kind, reader.body
         poller, stdin, stdout = self.poller, self.stdin, self.stdout
         if pending:
             poller.register(stdin, POLLOUT)
-        reader: AnswerReader | None = None
         try:
             while True:
                 for fd, events in poller.poll():    # stdout and stderr come before stdin
@@ -358,6 +412,30 @@ class Child:
         finally:
             if pending:
                 poller.unregister(stdin)
+
+    def _look_awake(self, limit: int | None) -> tuple[int, bytes] | None:
+        """Wait for a quick answer without sleeping, while no one else wants this CPU: yield
+        it and look, for at most ``awake_for`` seconds. A yield that took longer than
+        ``crowded_yield`` ran something else (a busy machine): the wait ends there, and
+        ``AwakeWaits`` decides when to try again. None when no whole answer came (a part
+        of one is then in ``self.early``)."""
+        waits = self.awake_waits
+        if not waits.allowed():
+            return None
+        clock = time.perf_counter
+        last = clock()
+        deadline, crowded_yield = last + self.awake_for, self.crowded_yield
+        while True:
+            YIELD()
+            now = clock()
+            if now - last > crowded_yield or now > deadline:
+                waits.missed()
+                return None
+            last = now
+            answer = self._read_whole(limit)
+            if answer is not None or self.early:
+                waits.caught()
+                return answer
 
     def _read_whole(self, limit: int | None) -> tuple[int, bytes] | None:
         """The common case in one read: a whole answer that fits ``READ_SIZE``, with nothing
@@ -433,6 +511,8 @@ class Child:
             return True
         self.stderr_open = False
         self.poller.unregister(self.stderr)
+        if self.idle_poller is not None:
+            self.idle_poller.unregister(self.stderr)
         return False
 
     def _log(self, line: bytes) -> None:
@@ -448,10 +528,15 @@ class Child:
             log.info("worker %d stderr: %s", self.worker_id,
                      line.decode("utf-8", "backslashreplace"))
 
-    def idle_fds(self) -> list[int]:
-        """What to watch while the worker waits for requests: stdout (anything there is
-        stray output or end of file: a broken child) and stderr while it is open."""
-        return [self.stdout, self.stderr] if self.stderr_open else [self.stdout]
+    def watch_idle(self, socket_fd: int) -> None:
+        """What the worker waits on for requests (``Command.idle``): its ZeroMQ socket's
+        descriptor, stdout (anything there is stray output or end of file: a broken child)
+        and stderr while it is open. One poll object for the child's life: the wait is one
+        system call."""
+        self.idle_poller = POLL()
+        self.idle_poller.register(socket_fd, POLLIN)
+        for fd in (self.stdout, self.stderr) if self.stderr_open else (self.stdout,):
+            self.idle_poller.register(fd, POLLIN)
 
     def alive(self) -> bool:
         if self.status is None:
@@ -557,6 +642,9 @@ class Command(Consumer):
         self.child: Child | None = None
         self.backoff = Backoff()
         self.due = 0.0              # no new child before this (time.monotonic())
+        # The worker had to wait for the request it runs: a quiet machine, where the answer
+        # is waited for awake (Child._look_awake); with requests queued it sleeps at once.
+        self.waited = False
 
     def __str__(self) -> str:
         return shlex.join(self.argv)
@@ -590,8 +678,9 @@ class Command(Consumer):
             child = self.child
             if child is None:
                 child = self._start_now()
+            awake, self.waited = self.waited, False
             try:
-                kind, body = child.exchange(message, self.reply_limit())
+                kind, body = child.exchange(message, self.reply_limit(), awake)
             except Stale:
                 self._broke_idle(child)
                 continue
@@ -649,33 +738,46 @@ class Command(Consumer):
             log.warning("worker %d: its program (pid %d) broke%s: starting another",
                         self.worker_id, child.pid, how)
 
-    def idle(self, socket: zmq.SyncSocket, timeout_ms: int) -> bool:
-        """The worker's wait for requests: until ``socket`` is readable (True) or
-        ``timeout_ms`` passes, logging the child's stderr meanwhile, and replacing a child
-        that broke while idle. ProgramError when the program cannot be started again.
-        A request already there is taken without a wait: under load the child's pipes are
-        watched while it runs one (``Child.exchange``)."""
-        if int(EVENTS_OF(socket, EVENTS)) & IDLE_FLAGS:
-            return True
+    def idle(self, socket: zmq.SyncSocket, timeout_ms: int) -> zmq.Frame | None:
+        """The worker's wait for requests: the first frame on ``socket``, or None when
+        ``timeout_ms`` passes first; the child's stderr is logged meanwhile, and a child
+        that broke while idle replaced. ProgramError when the program cannot be started
+        again. A frame already there is taken without a wait: under load the child's pipes
+        are watched while it runs a request (``Child.exchange``)."""
+        try:
+            return RECV(socket, zmq.NOBLOCK, False)
+        except zmq.Again:
+            pass
         child = self.child
+        if child is None:
+            self._idle_without_child(socket, timeout_ms)
+        else:
+            if child.idle_poller is None:
+                child.watch_idle(int(socket.FD))
+            self.waited = True
+            for fd, _ in child.idle_poller.poll(timeout_ms):
+                if fd == child.stdout:
+                    self._broke_idle(child)
+                    break
+                if fd == child.stderr:
+                    child.drain_stderr()
+                    if not child.stderr_open and not child.alive():
+                        self._broke_idle(child)
+                        break
+        # The socket's descriptor only says that ZeroMQ has news, maybe not a message.
+        try:
+            return RECV(socket, zmq.NOBLOCK, False)
+        except zmq.Again:
+            return None
+
+    def _idle_without_child(self, socket: zmq.SyncSocket, timeout_ms: int) -> None:
+        """The wait while a broken child's successor waits out its back-off."""
+        timeout_ms = max(0, min(timeout_ms, int((self.due - time.monotonic()) * 1000) + 1))
         poller = zmq.Poller()
         poller.register(socket, IDLE_FLAGS)
-        if child is not None:
-            for fd in child.idle_fds():
-                poller.register(fd, IDLE_FLAGS)
-        else:
-            timeout_ms = max(0, min(timeout_ms, int((self.due - time.monotonic()) * 1000) + 1))
-        events = dict(poller.poll(timeout_ms))
-        if child is None:
-            if time.monotonic() >= self.due and not self.recover(lambda: False):
-                raise ProgramError("its program cannot be started again", broken=True)
-        elif child.stdout in events:
-            self._broke_idle(child)
-        elif child.stderr in events:
-            child.drain_stderr()
-            if not child.stderr_open and not child.alive():
-                self._broke_idle(child)
-        return socket in events
+        poller.poll(timeout_ms)
+        if time.monotonic() >= self.due and not self.recover(lambda: False):
+            raise ProgramError("its program cannot be started again", broken=True)
 
     def _broke_idle(self, child: Child) -> None:
         """Output while no request was sent, or end of file: the child is of no more use."""

@@ -106,7 +106,8 @@ class Worker:
         self.place: tuple[int, int] | None = None   # the current body's offset, capacity
         self.as_view = False            # the handler takes a memoryview
         self.command: Command | None = None     # the handler is a program (see command.py)
-        self.wait: Callable[[], None] = self._wait  # for requests: _wait_watching for a program
+        # The wait for requests: _receive_watching when the handler is a program.
+        self.receive: Callable[[], zmq.Frame | None] = self._receive
         self.exit_status = 0
 
     def run(self) -> int:
@@ -117,7 +118,7 @@ class Worker:
             if isinstance(self.consumer, Command):
                 self.command = self.consumer
                 self.command.attach(self.id, lambda: self.max_reply_size)
-                self.wait = self._wait_watching
+                self.receive = self._receive_watching
             self.consumer.setup()
             self.as_view = bool(getattr(self.consumer, "accepts_memoryview", False))
             # Given a memoryview only if it accepts_memoryview (see _run).
@@ -159,7 +160,7 @@ class Worker:
                 while not queue:
                     if self.stopping or self.orphaned:
                         return
-                    self.wait()
+                    self._wait()
                 epoch, seq, request_id, payload, shared = queue.popleft()
                 now = time.monotonic()
                 if progress.claim(slot, epoch, seq, request_id, now):
@@ -173,9 +174,7 @@ class Worker:
         """Wait up to PARENT_CHECK_MS for requests; a TERM may end the wait (StopNow)."""
         self.waiting = True
         try:
-            frame = self.pull.recv(0, copy=False)
-        except zmq.Again:
-            frame = None
+            frame = self.receive()
         finally:
             self.waiting = False
         if frame is None:
@@ -194,22 +193,21 @@ class Worker:
         if heard:
             self.contact = time.monotonic()
 
-    def _wait_watching(self) -> None:
-        """``_wait`` for a worker whose handler is a program: its stderr is logged, and a
-        child that broke while idle replaced, while the worker waits for requests."""
-        assert self.command is not None
-        self.waiting = True
+    def _receive(self) -> zmq.Frame | None:
         try:
-            readable = self.command.idle(self.pull, PARENT_CHECK_MS)
+            return self.pull.recv(0, copy=False)
+        except zmq.Again:
+            return None
+
+    def _receive_watching(self) -> zmq.Frame | None:
+        """``_receive`` for a worker whose handler is a program: its stderr is logged, and
+        a child that broke while idle replaced, while the worker waits for requests."""
+        assert self.command is not None
+        try:
+            return self.command.idle(self.pull, PARENT_CHECK_MS)
         except ProgramError:            # it cannot be started again: logged, and we leave
             self.exit_status = EXIT_BOOT
             raise StopNow from None
-        finally:
-            self.waiting = False
-        if readable:
-            self._wait()                # at once: a message is there
-        else:
-            self._idle()
 
     def _idle(self) -> None:
         """A wait ended with nothing to run: say the loop is alive, and look at the parent

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from gaspar2 import client
-from gaspar2.workers.command import ANSWER, READ_SIZE
+from gaspar2.workers.command import ANSWER, READ_SIZE, Child, ProgramError
 
 from conftest import ROOT, Server, alive, children, wait_for
 
@@ -114,6 +114,45 @@ FAULTS = [
     (b"trailing", r"its program answered what is not an answer \(8 bytes after an answer\)"
                   r": killed it"),
 ]
+
+
+def child_that(waits):
+    """A real child, driven by its worker's own code; its answers are always waited for
+    awake (yielding the CPU, however long they take and whatever else runs) or always
+    asleep (``exchange(..., awake=False)``), so that each test below runs both ways,
+    whatever the machine's load."""
+    child = Child([sys.executable, CHILD, "7"], dict(os.environ), None, 7)
+    child.awake_for = child.crowded_yield = 60.0
+    return child
+
+
+@pytest.mark.parametrize("waits", ["awake", "asleep"])
+def test_a_worker_reads_the_same_answers_awake_or_asleep(waits):
+    child = child_that(waits)
+    try:
+        one_read = READ_SIZE - ANSWER.size
+        bodies = [os.urandom(size) for size in (0, 100, one_read, one_read + 1, 2**20)]
+        bodies += [b"cut:%d:%s" % (cut, b"y" * cut) for cut in (1, 4, 5, 6, 40)]
+        awake = waits == "awake"
+        for body in bodies:
+            kind, reply = child.exchange(body, MAX, awake)
+            assert (kind, bytes(reply)) == (0, body)
+        assert child.exchange(b"fail:no such picture", MAX, awake) == (1, b"no such picture")
+        assert child.answered == len(bodies) + 1 and child.alive()
+    finally:
+        child.stop()
+
+
+@pytest.mark.parametrize("waits", ["awake", "asleep"])
+@pytest.mark.parametrize(("message", "reason"), FAULTS)
+def test_a_broken_child_is_seen_awake_or_asleep(waits, message, reason):
+    child = child_that(waits)
+    try:
+        with pytest.raises(ProgramError, match=reason) as raised:
+            child.exchange(message, MAX, waits == "awake")
+        assert raised.value.broken and child.status is not None
+    finally:
+        child.stop()
 
 
 def test_a_broken_child_fails_its_request_only_and_its_worker_starts_another(server):

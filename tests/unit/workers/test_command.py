@@ -14,10 +14,12 @@ from hypothesis import given, strategies as st
 from gaspar2 import settings
 from gaspar2.workers.command import (
     ANSWER,
+    CROWDED_SKIP,
     FAILURE,
     FIRST_GROWTH,
     REPLY,
     AnswerReader,
+    AwakeWaits,
     BadAnswer,
     Command,
     LineBudget,
@@ -207,3 +209,38 @@ def test_an_announced_length_costs_nothing_until_its_bytes_come():
     view = reader.into()
     assert view is not None and len(view) <= 2 * FIRST_GROWTH
     view.release()
+
+
+@given(st.lists(st.booleans(), max_size=300))
+def test_awake_waits_back_off_after_misses_and_start_over_on_a_catch(outcomes):
+    """Each look that is allowed either catches its answer (True) or misses (False)."""
+    waits, asleep, after_miss = AwakeWaits(), 0, 1
+    looks = iter(outcomes)
+    for _ in range(len(outcomes) * (CROWDED_SKIP + 1)):
+        if asleep:
+            assert not waits.allowed()
+            asleep -= 1
+            continue
+        assert waits.allowed()
+        caught = next(looks, None)
+        if caught is None:
+            break
+        if caught:
+            waits.caught()
+            after_miss = 1
+        else:
+            waits.missed()
+            asleep, after_miss = after_miss, min(2 * after_miss, CROWDED_SKIP)
+
+
+def test_a_slow_program_costs_one_look_in_sixty_five_requests():
+    waits = AwakeWaits()
+    allowed = []
+    for _ in range(1000):
+        allowed.append(waits.allowed())
+        if allowed[-1]:
+            waits.missed()
+    assert allowed[:8] == [True, False, True, False, False, True, False, False]
+    steady = allowed[500:]
+    gaps = [b - a for a, b in itertools.pairwise(i for i, ok in enumerate(steady) if ok)]
+    assert gaps and set(gaps) == {CROWDED_SKIP + 1}
