@@ -767,7 +767,11 @@ class RequestPath:
             self.observer.worker_exited(kind)
         self.read_all()                 # replies it sent before it died are not lost
         for conn in self.dispatcher.remove(worker.id, claimed):
-            self.fail(conn, "worker_died", "%r %s while running this request", worker, cause)
+            if claimed is not None and conn.seq < claimed:   # run, its reply lost with it
+                self.fail(conn, "worker_died", "%r %s after running this request, before its "
+                          "reply reached the producer", worker, cause)
+            else:
+                self.fail(conn, "worker_died", "%r %s while running this request", worker, cause)
         self.transport.disconnect(worker.id)
         self.hung.forget(worker.id)
         asked = self.closing or kind == "replaced"     # it was told to leave
