@@ -1,9 +1,11 @@
 """A gevent program that embeds a Producer, the way gaspar2's users do.
 
-    python tests/embedded_app.py [--patch] [--workers N] [--handler NAME] [--set NAME=VALUE]...
+    python tests/embedded_app.py [--patch] [--workers N] [--handler NAME | --exec LINE]
+                                 [--set NAME=VALUE]...
 
 With --patch it calls gevent.monkey.patch_all() first. ``--handler`` names a handler in
-tests/handlers.py (``fair`` by default); each ``--set`` is a keyword argument of Producer.
+tests/handlers.py (``fair`` by default); ``--exec`` serves through a program instead
+(``gaspar2.Command(LINE)``); each ``--set`` is a keyword argument of Producer.
 Before serving for good, it sends itself one request from the thread (and greenlet) that
 runs the producer's hub.
 """
@@ -32,7 +34,11 @@ def arguments(flag):
 def main():
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     workers = int(arguments("--workers")[-1]) if "--workers" in sys.argv else 2
-    handler = getattr(handlers, arguments("--handler")[-1] if "--handler" in sys.argv else "fair")
+    if "--exec" in sys.argv:
+        handler = gaspar2.Command(arguments("--exec")[-1])
+    else:
+        handler = getattr(handlers, arguments("--handler")[-1] if "--handler" in sys.argv
+                          else "fair")
     options = dict(setting.split("=", 1) for setting in arguments("--set"))
     producer = gaspar2.Producer(handler, 0, processes=workers, **options)
     gevent.spawn(say_hello, producer)

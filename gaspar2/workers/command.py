@@ -44,6 +44,7 @@ import shlex
 import shutil
 import signal
 import struct
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any
@@ -84,6 +85,9 @@ RECV: Callable[[zmq.SyncSocket, int, bool], zmq.Frame] = zmq.backend.Socket.recv
 # The worker blocks for real, even in a process that gevent's monkey patching changed.
 POLL, SLEEP = get_original("select", "poll"), get_original("time", "sleep")
 WAITPID, POPEN = get_original("os", "waitpid"), get_original("subprocess", "Popen")
+# What the original Popen looks up in its module, which monkey patching replaces (gevent
+# sets _fork_exec to None there): see unpatch_subprocess.
+POPEN_GLOBALS = ("_fork_exec", "_USE_POSIX_SPAWN", "_use_posix_spawn")
 POLLIN, POLLOUT = 0x001, 0x004
 POLLERR, POLLHUP = 0x008, 0x010
 try:
@@ -92,6 +96,20 @@ except (OSError, AttributeError):
     _prctl = None
 # What workers ignore (see worker.prepare_process), which a child would inherit through exec.
 RESET_SIGNALS = (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2)
+
+
+def unpatch_subprocess() -> None:
+    """In a worker of a monkey-patched program, give the subprocess module back what the
+    original Popen needs of it. Only a worker that serves a program calls this; it runs no
+    other Python code, and blocks for real."""
+    module = sys.modules.get("subprocess")
+    if module is None:
+        return
+    for name in POPEN_GLOBALS:
+        try:
+            setattr(module, name, get_original("subprocess", name))
+        except AttributeError:
+            pass            # not in this Python's subprocess
 
 
 class ProgramError(Exception):
@@ -664,6 +682,7 @@ class Command(Consumer):
     def setup(self) -> None:
         """Start the child; an OSError (not found, not executable) fails the worker's start,
         as a Python handler's setup() that raises does."""
+        unpatch_subprocess()
         self.child = self._spawn()
 
     def _spawn(self) -> Child:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from gaspar2 import client
+from gaspar2 import client, settings
 from gaspar2.workers.command import ANSWER, READ_SIZE, Child, ProgramError
 
 from conftest import ROOT, Server, alive, children, wait_for
@@ -92,6 +92,32 @@ def test_an_answer_in_pieces_is_read_whole_wherever_it_is_cut(server):
     assert replies == messages
 
 
+@pytest.mark.parametrize("patched", [False, True], ids=["embedded", "embedded-patched"])
+def test_an_embedded_producer_serves_through_a_command(tmp_path, patched):
+    """``gaspar2.Producer(gaspar2.Command(line))`` in a gevent program, plain and under
+    monkey patching: replies byte for byte at sizes either side of one read of the child's
+    stdout and of the shared-memory threshold, and a request failure."""
+    cmd = [sys.executable, os.path.join(ROOT, "tests", "embedded_app.py"), "--exec", LINE,
+           "--set", "max_message_size=2MiB"] + (["--patch"] if patched else [])
+    embedded = Server(None, [], tmp_path / "embedded.log", env=dict(os.environ, PYTHONPATH=ROOT),
+                      cmd=cmd).wait_serving()
+    try:
+        one_read = READ_SIZE - ANSWER.size
+        shm = settings.DEFAULTS["shm_threshold"]
+        sizes = [0, 100, one_read, one_read + 1, shm - 1, shm, shm + 1, MAX] * 2
+        bodies = [os.urandom(size) for size in sizes]
+        with ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda body: request(embedded, body), bodies))
+        for body, reply in zip(bodies, replies, strict=True):
+            assert len(reply) == len(body) and reply == body
+        with pytest.raises(client.RequestReset):
+            request(embedded, b"fail:embedded")
+        embedded.wait_log(r"handler failed in worker \d+ \(pid \d+\):\nembedded")
+        assert request(embedded, b"after") == b"after"
+    finally:
+        embedded.stop()
+
+
 def test_a_request_the_program_fails_fails_alone_and_the_child_serves_on(server):
     before = settled(server)
     with pytest.raises(client.RequestReset):
@@ -119,21 +145,27 @@ FAULTS = [
 def child_that(waits):
     """A real child, driven by its worker's own code; its answers are always waited for
     awake (yielding the CPU, however long they take and whatever else runs) or always
-    asleep (``exchange(..., awake=False)``), so that each test below runs both ways,
-    whatever the machine's load."""
+    asleep (``exchange(..., awake=False)``), or looked for awake in vain first, so that each
+    test below runs every way, whatever the machine's load."""
     child = Child([sys.executable, CHILD, "7"], dict(os.environ), None, 7)
     child.awake_for = child.crowded_yield = 60.0
+    if waits == "awake, then asleep":       # every look misses, then the worker sleeps
+        child.awake_for = 0.0
     return child
 
 
-@pytest.mark.parametrize("waits", ["awake", "asleep"])
+WAITS = ["awake", "asleep", "awake, then asleep"]
+
+
+@pytest.mark.parametrize("waits", WAITS)
 def test_a_worker_reads_the_same_answers_awake_or_asleep(waits):
     child = child_that(waits)
     try:
         one_read = READ_SIZE - ANSWER.size
-        bodies = [os.urandom(size) for size in (0, 100, one_read, one_read + 1, 2**20)]
+        sizes = (0, 100, one_read - 1, one_read, one_read + 1, 2**20)
+        bodies = [os.urandom(size) for size in sizes]
         bodies += [b"cut:%d:%s" % (cut, b"y" * cut) for cut in (1, 4, 5, 6, 40)]
-        awake = waits == "awake"
+        awake = waits != "asleep"
         for body in bodies:
             kind, reply = child.exchange(body, MAX, awake)
             assert (kind, bytes(reply)) == (0, body)
@@ -143,13 +175,13 @@ def test_a_worker_reads_the_same_answers_awake_or_asleep(waits):
         child.stop()
 
 
-@pytest.mark.parametrize("waits", ["awake", "asleep"])
+@pytest.mark.parametrize("waits", WAITS)
 @pytest.mark.parametrize(("message", "reason"), FAULTS)
 def test_a_broken_child_is_seen_awake_or_asleep(waits, message, reason):
     child = child_that(waits)
     try:
         with pytest.raises(ProgramError, match=reason) as raised:
-            child.exchange(message, MAX, waits == "awake")
+            child.exchange(message, MAX, waits != "asleep")
         assert raised.value.broken and child.status is not None
     finally:
         child.stop()
