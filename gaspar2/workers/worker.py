@@ -106,8 +106,9 @@ class Worker:
         self.place: tuple[int, int] | None = None   # the current body's offset, capacity
         self.as_view = False            # the handler takes a memoryview
         self.command: Command | None = None     # the handler is a program (see command.py)
-        # The wait for requests: _receive_watching when the handler is a program.
-        self.receive: Callable[[], zmq.Frame | None] = self._receive
+        # The wait for requests, (flags, copy=False): the PULL socket's own receive (see
+        # _serve), or _receive_watching when the handler is a program.
+        self.receive: Callable[..., zmq.Frame | None] = self._receive_watching
         self.exit_status = 0
 
     def run(self) -> int:
@@ -118,7 +119,6 @@ class Worker:
             if isinstance(self.consumer, Command):
                 self.command = self.consumer
                 self.command.attach(self.id, lambda: self.max_reply_size)
-                self.receive = self._receive_watching
             self.consumer.setup()
             self.as_view = bool(getattr(self.consumer, "accepts_memoryview", False))
             # Given a memoryview only if it accepts_memoryview (see _run).
@@ -154,6 +154,8 @@ class Worker:
         it is time to exit. A request the producer took back meanwhile is skipped: another
         worker runs it."""
         self.pull.rcvtimeo = PARENT_CHECK_MS      # an idle worker's wait, see _wait
+        if self.command is None:
+            self.receive = self.pull.recv
         queue, slot, progress = self.queue, self.slot, self.progress
         try:
             while True:
@@ -174,7 +176,9 @@ class Worker:
         """Wait up to PARENT_CHECK_MS for requests; a TERM may end the wait (StopNow)."""
         self.waiting = True
         try:
-            frame = self.receive()
+            frame = self.receive(0, copy=False)
+        except zmq.Again:
+            frame = None
         finally:
             self.waiting = False
         if frame is None:
@@ -193,15 +197,10 @@ class Worker:
         if heard:
             self.contact = time.monotonic()
 
-    def _receive(self) -> zmq.Frame | None:
-        try:
-            return self.pull.recv(0, copy=False)
-        except zmq.Again:
-            return None
-
-    def _receive_watching(self) -> zmq.Frame | None:
-        """``_receive`` for a worker whose handler is a program: its stderr is logged, and
-        a child that broke while idle replaced, while the worker waits for requests."""
+    def _receive_watching(self, flags: int, copy: bool) -> zmq.Frame | None:
+        """``receive`` for a worker whose handler is a program (a frame, never copied, or
+        None): its stderr is logged, and a child that broke while idle replaced, while the
+        worker waits for requests."""
         assert self.command is not None
         try:
             return self.command.idle(self.pull, PARENT_CHECK_MS)
