@@ -366,7 +366,7 @@ class Child:
         waited for awake (see ``_look_awake``). ProgramError (broken) when the child broke,
         reaped by then; Stale when it had broken before the request went."""
         try:
-            return self._exchange(memoryview(message).cast("B"), limit, awake)
+            answer = self._exchange(memoryview(message).cast("B"), limit, awake)
         except BadAnswer as exc:
             self.kill()
             self.reap()
@@ -378,6 +378,8 @@ class Child:
         except EOFError:
             self.finish()
             raise ProgramError(self.end("closed its standard output"), broken=True) from None
+        self.answered += 1
+        return answer
 
     def _exchange(self, view: memoryview, limit: int | None,
                   awake: bool) -> tuple[int, bytes | bytearray]:
@@ -395,12 +397,10 @@ class Child:
         if awake and not pending:
             answer = self._look_awake(limit)
             if answer is not None:
-                self.answered += 1
                 return answer
             if self.early:          # a part of the answer, or what is not one
                 reader = AnswerReader(limit)
                 if self._read_answer(reader, False):
-                    self.answered += 1
                     return reader.kind, reader.body
         poller, stdin, stdout = self.poller, self.stdin, self.stdout
         if pending:
@@ -413,11 +413,9 @@ class Child:
                             if not pending:
                                 answer = self._read_whole(limit)
                                 if answer is not None:
-                                    self.answered += 1
                                     return answer
                             reader = AnswerReader(limit)
                         if self._read_answer(reader, bool(pending)):
-                            self.answered += 1
                             return reader.kind, reader.body
                     elif fd == stdin:
                         if events & (POLLERR | POLLHUP):
