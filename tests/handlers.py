@@ -21,9 +21,10 @@ def work(message):
     ``pid`` / ``pid:SECONDS``: sleep, then reply with this worker's pid.
     ``mark:PATH:SECONDS``: write the pid to PATH (the test sees the request running),
     sleep, reply with the pid. ``count:PATH:TEXT``: append a line to PATH (one per run),
-    reply TEXT. ``big:N``: reply N bytes. ``exit``: die at once. ``fail``: raise. ``bad``:
-    return an int. ``env:NAME``: the worker's environment variable NAME, or ``-``. Anything
-    else is echoed.
+    reply TEXT. ``big:N``: reply N bytes. ``late:PATH:N``: write the pid to PATH, wait
+    until PATH is gone (at most 300 s), then reply N bytes. ``exit``: die at once. ``fail``:
+    raise. ``bad``: return an int. ``env:NAME``: the worker's environment variable NAME, or
+    ``-``. Anything else is echoed.
     """
     command, _, arg = message.partition(b":")
     if command == b"env":
@@ -44,6 +45,14 @@ def work(message):
         return text
     if command == b"big":
         return b"x" * int(arg)
+    if command == b"late":
+        path, _, size = arg.rpartition(b":")
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        deadline = time.monotonic() + 300
+        while os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return b"x" * int(size)
     if command == b"hold":          # hold:PATH:SECONDS:PADDING, for a large request
         path, seconds, _ = arg.split(b":", 2)
         return work(b"mark:%s:%s" % (path, seconds))

@@ -16,7 +16,7 @@ import pytest
 
 from gaspar2 import client
 
-from conftest import ROOT, Load, Server, alive, children, wait_for
+from conftest import ROOT, Load, Server, alive, children, exchange, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -52,6 +52,37 @@ def test_a_poison_request_fails_alone_and_the_pool_keeps_serving(serve, heavy, p
     assert set(bad) == {"reset"} and bad["reset"] > 10
     assert server.worker_pids() == pids, "no worker died of the poison"
     assert "killed" not in server.log() and "exited" not in server.log()
+
+
+def test_a_reply_that_dies_with_its_worker_is_told_apart_from_the_request_it_ran(serve,
+                                                                                 tmp_path):
+    """A worker killed after it sent a reply that never reached the producer: that request
+    and the one it was running both fail, each logged for what happened to it."""
+    server = serve("tests.handlers:work", "--workers", "1", "--window", "2",
+                   "--giveback-after", "60")
+    worker, = server.wait_workers(1)
+    gate, mark = tmp_path / "gate", tmp_path / "mark"
+    size = 8 << 20          # far more than a unix socket buffers: most stays in the worker
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        ran_first = pool.submit(exchange, server, client.pack(b"late:%s:%d" % (gate, size)))
+        wait_for(gate.exists, message="the first request running")
+        running = pool.submit(exchange, server, client.pack(b"mark:%s:300" % mark))
+        wait_for(lambda: server.status()["at_workers"] == 2, message="both at the worker")
+        server.signal(signal.SIGSTOP)       # its sink reads nothing: the reply stays behind
+        try:
+            gate.unlink()                   # the first returns; the worker sends its reply
+            wait_for(mark.exists, message="the second request running")
+            os.kill(worker, signal.SIGKILL)
+        finally:
+            server.signal(signal.SIGCONT)
+        assert ran_first.result(timeout=60)[0] == "reset"
+        assert running.result(timeout=60)[0] == "reset"
+    log = server.wait_log("while running this request")
+    assert len(re.findall(r"killed by SIGKILL after running this request, before its reply "
+                          r"reached the producer", log)) == 1, log
+    assert len(re.findall(r"killed by SIGKILL while running this request", log)) == 1, log
+    server.wait_workers(1, exclude=[worker])
+    assert exchange(server, client.pack(b"after"))[1] == b"after"
 
 
 def test_a_request_that_kills_its_worker_costs_only_that_worker(serve):
