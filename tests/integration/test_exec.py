@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from gaspar2 import client, settings
-from gaspar2.workers.command import ANSWER, READ_SIZE, Child, ProgramError
+from gaspar2.protocol.wire import HEADER
+from gaspar2.workers.command import ANSWER, PIPE_SIZE, READ_SIZE, Child, ProgramError
 
 from conftest import ROOT, Server, alive, children, wait_for
 
@@ -73,10 +74,13 @@ def request(server, message):
 
 
 def test_replies_are_the_childs_byte_for_byte_at_every_size(server):
-    # Either side of an answer that fills one read of the child's stdout, and the sizes
+    # Either side of an answer that fills one read of the child's stdout, and of a request
+    # that fills its stdin pipe (the rest is written as the child reads), and the sizes
     # users send.
     one_read = READ_SIZE - ANSWER.size
-    sizes = [0, 100, one_read - 1, one_read, one_read + 1, 2**20, MAX] * 2
+    one_pipe = PIPE_SIZE - HEADER.size
+    sizes = [0, 100, one_read - 1, one_read, one_read + 1,
+             one_pipe - 1, one_pipe, one_pipe + 1, 2**20, MAX] * 2
     bodies = [os.urandom(size) for size in sizes]   # distinct: each reply is checked
     with ThreadPoolExecutor(4) as pool:             # against its own request
         replies = list(pool.map(lambda body: request(server, body), bodies))
