@@ -47,11 +47,7 @@ def work(message):
         return b"x" * int(arg)
     if command == b"late":
         path, _, size = arg.rpartition(b":")
-        with open(path, "w") as f:
-            f.write(str(os.getpid()))
-        deadline = time.monotonic() + 300
-        while os.path.exists(path) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        gate(b"gate:" + path)
         return b"x" * int(size)
     if command == b"hold":          # hold:PATH:SECONDS:PADDING, for a large request
         path, seconds, _ = arg.split(b":", 2)
