@@ -20,7 +20,7 @@ from gaspar2 import client, settings
 from gaspar2.protocol.wire import HEADER
 from gaspar2.workers.command import ANSWER, PIPE_SIZE, READ_SIZE, Child, ProgramError
 
-from conftest import ROOT, Server, alive, children, wait_for
+from conftest import ROOT, Server, alive, children, connect, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -100,15 +100,17 @@ def test_an_answer_in_pieces_is_read_whole_wherever_it_is_cut(server):
 def test_an_embedded_producer_serves_through_a_command(tmp_path, patched):
     """``gaspar2.Producer(gaspar2.Command(line))`` in a gevent program, plain and under
     monkey patching: replies byte for byte at sizes either side of one read of the child's
-    stdout and of the shared-memory threshold, and a request failure."""
+    stdout, of the shared-memory threshold and of the child's stdin pipe, and a request
+    failure."""
     cmd = [sys.executable, os.path.join(ROOT, "tests", "embedded_app.py"), "--exec", LINE,
            "--set", "max_message_size=2MiB"] + (["--patch"] if patched else [])
     embedded = Server(None, [], tmp_path / "embedded.log", env=dict(os.environ, PYTHONPATH=ROOT),
                       cmd=cmd).wait_serving()
     try:
-        one_read = READ_SIZE - ANSWER.size
+        one_read, one_pipe = READ_SIZE - ANSWER.size, PIPE_SIZE - HEADER.size
         shm = settings.DEFAULTS["shm_threshold"]
-        sizes = [0, 100, one_read, one_read + 1, shm - 1, shm, shm + 1, MAX] * 2
+        sizes = [0, 100, one_read, one_read + 1, shm - 1, shm, shm + 1,
+                 one_pipe, one_pipe + 1, MAX] * 2
         bodies = [os.urandom(size) for size in sizes]
         with ThreadPoolExecutor(4) as pool:
             replies = list(pool.map(lambda body: request(embedded, body), bodies))
@@ -332,6 +334,41 @@ def test_a_program_that_dies_at_once_is_restarted_after_a_growing_back_off(tmp_p
                             r"answering anything: the next starts in (\d\.\d) s", log)
         assert delays[:3] == ["0.1", "0.2", "0.4"], log
     finally:
+        server.stop()
+
+
+def test_a_remote_worker_answers_through_its_child_byte_for_byte_at_every_size(tmp_path):
+    """Bodies that reach a program over TCP, never through shared memory: the producer's
+    only local worker spins through the whole sweep, so every reply is the remote one's."""
+    remote = "tcp://127.0.0.1:%d" % free_port()
+    server = exec_server(tmp_path / "server.log", LINE, "--workers", "1",
+                         "--max-message-size", "2MiB", "--remote-workers", remote,
+                         "--graceful-timeout", "1").wait_serving()
+    spinning, group = tmp_path / "spinning", None
+    try:
+        with connect(server) as held:
+            held.sendall(client.pack(b"spin:300:%s" % spinning))
+            wait_for(spinning.exists, message="the local worker busy")
+            with open(tmp_path / "group.log", "wb") as log:
+                group = subprocess.Popen(
+                    [sys.executable, "-m", "gaspar2", "worker", "--exec", LINE, "--connect",
+                     remote, "--workers", "1", "--listen", "127.0.0.1"],
+                    stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
+            one_read, one_pipe = READ_SIZE - ANSWER.size, PIPE_SIZE - HEADER.size
+            sizes = [0, 100, one_read - 1, one_read, one_read + 1,
+                     one_pipe - 1, one_pipe, one_pipe + 1, MAX] * 2
+            bodies = [os.urandom(size) for size in sizes]
+            with ThreadPoolExecutor(4) as pool:
+                replies = list(pool.map(lambda body: request(server, body), bodies))
+            for body, reply in zip(bodies, replies, strict=True):
+                assert len(reply) == len(body) and reply == body
+            held.setblocking(False)
+            with pytest.raises(BlockingIOError):    # still spinning: it answered none
+                held.recv(1)
+    finally:
+        if group is not None:
+            group.terminate()
+            group.wait(30)
         server.stop()
 
 
